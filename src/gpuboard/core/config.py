@@ -1,0 +1,58 @@
+"""Names and paths every part of gpuboard agrees on: pool, deployment, GCL names, home folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_POOL = "ml-pool"
+FLOW_NAME = "process-image"
+DEPLOYMENT_NAME = "process-image"
+DEPLOYMENT_FULL_NAME = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"
+GCL_PREFIX = "gpu:"
+# The API URL of the embedded stack; used when no Prefect setting names another one.
+EMBEDDED_API_URL = "http://127.0.0.1:4200/api"
+WORKER_ID_ENV = "WORKER_ID"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the message says what to do."""
+
+
+def gcl_name(worker_id: str) -> str:
+    """The name of the Global Concurrency Limit that guards `worker_id`'s GPU."""
+    return f"{GCL_PREFIX}{worker_id}"
+
+
+def worker_of_gcl(name: str) -> str | None:
+    """The worker id of a `gpu:<id>` GCL name, None for any other name."""
+    return name[len(GCL_PREFIX) :] if name.startswith(GCL_PREFIX) else None
+
+
+def current_worker_id() -> str:
+    """The worker this process runs under, from `WORKER_ID` (set by `gpuboard worker`)."""
+    worker_id = os.environ.get(WORKER_ID_ENV, "").strip()
+    if not worker_id:
+        raise ConfigError(
+            f"{WORKER_ID_ENV} is not set: start workers with `gpuboard worker --id <id>` "
+            f"so that flow runs know which GPU slot (gcl `{GCL_PREFIX}<id>`) to take"
+        )
+    return worker_id
+
+
+def gpuboard_home() -> Path:
+    """gpuboard's own folder: `$GPUBOARD_HOME`, else `~/.gpuboard`."""
+    return Path(os.environ.get("GPUBOARD_HOME") or Path.home() / ".gpuboard").expanduser()
+
+
+def results_dir() -> Path:
+    """Where `save_results` writes: `$GPUBOARD_RESULTS_DIR`, else `<home>/results`."""
+    configured = os.environ.get("GPUBOARD_RESULTS_DIR")
+    return Path(configured).expanduser() if configured else gpuboard_home() / "results"
+
+
+def configured_api_url() -> str:
+    """The Prefect API this process talks to: Prefect's own setting, else the embedded one."""
+    from prefect.settings import PREFECT_API_URL
+
+    return (PREFECT_API_URL.value() or EMBEDDED_API_URL).rstrip("/")

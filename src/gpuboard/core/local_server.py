@@ -1,0 +1,106 @@
+"""Starts, health-checks and stops a local Prefect server on SQLite (embedded stack, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+# Leases in files survive a server restart; the default in-memory storage leaks a slot
+# held across a restart for good (measured, see DESIGN.md).
+_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+def server_env(home: Path) -> dict[str, str]:
+    """Environment for a local server whose database and state live under `home`."""
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": _LEASE_STORAGE,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
+    }
+
+
+def api_is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when a Prefect API answers its health check at `api_url`."""
+    try:
+        response = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+@dataclass
+class LocalServer:
+    """One `prefect server start` child process on loopback."""
+
+    home: Path
+    port: int
+    host: str = "127.0.0.1"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "server.log"
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start the server and wait until it answers; raise with its log tail if it does not."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **server_env(self.home), **self.extra_env}
+        env.pop("PREFECT_API_URL", None)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", self.host, "--port", str(self.port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # our Ctrl-C must not reach it before we stop it
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"prefect server exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if api_is_healthy(self.api_url, timeout=1.0):
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"prefect server did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and wait for it to exit."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"

@@ -1,0 +1,1 @@
+"""The Prefect source: every call gpuboard makes to the Prefect API lives in this package."""
