@@ -65,8 +65,17 @@ class LocalServer:
         env.pop("PREFECT_API_URL", None)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start",
-             "--host", self.host, "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -84,7 +93,9 @@ class LocalServer:
                 return
             time.sleep(0.25)
         self.stop()
-        raise TimeoutError(f"prefect server did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"prefect server did not answer within {timeout:.0f}s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it to exit."""

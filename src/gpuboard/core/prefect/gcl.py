@@ -68,9 +68,7 @@ async def ensure_gcl(client: PrefectClient, name: str, limit: int) -> tuple[GclS
 
 async def set_gcl_limit(client: PrefectClient, name: str, limit: int) -> GclState:
     """Set the limit of the existing GCL `name`; ObjectNotFound when it does not exist."""
-    await client.update_global_concurrency_limit(
-        name, GlobalConcurrencyLimitUpdate(limit=limit)
-    )
+    await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
     state = await read_gcl(client, name)
     if state is None:
         raise ObjectNotFound(http_exc=Exception(f"GCL {name!r} not found after update"))
