@@ -1,0 +1,48 @@
+"""Limit changes against a real Prefect server: the GCL, the pause memory and the audit log."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gpuboard.core.audit import audit_log_path
+from gpuboard.core.limit_actions import ReadOnlyError, change_worker_limit
+from gpuboard.core.limits import LimitInputError, parse_limit_change
+from gpuboard.core.local_server import LocalServer
+from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.gcl import ensure_gcl, read_gcl
+
+
+async def test_pause_then_resume_restores_the_limit(
+    prefect_server: LocalServer, isolated_home: Path
+) -> None:
+    worker = f"w-{uuid.uuid4().hex[:6]}"
+    async with async_client(prefect_server.api_url) as client:
+        await ensure_gcl(client, f"gpu:{worker}", 3)
+        outcome = await change_worker_limit(client, worker, parse_limit_change("+1"))
+        assert (outcome.before, outcome.after.limit) == (3, 4)
+        outcome = await change_worker_limit(client, worker, parse_limit_change("pause"))
+        assert outcome.after.paused and "paused" in outcome.message
+        outcome = await change_worker_limit(client, worker, parse_limit_change("resume"))
+        assert outcome.after.limit == 4
+        state = await read_gcl(client, f"gpu:{worker}")
+        assert state is not None and state.limit == 4
+    entries = [json.loads(line) for line in audit_log_path().read_text().splitlines()]
+    assert [(e["before"], e["after"]) for e in entries] == [(3, 4), (4, 0), (0, 4)]
+
+
+async def test_refused_changes_leave_the_server_alone(prefect_server: LocalServer) -> None:
+    worker = f"w-{uuid.uuid4().hex[:6]}"
+    async with async_client(prefect_server.api_url) as client:
+        await ensure_gcl(client, f"gpu:{worker}", 1)
+        with pytest.raises(LimitInputError, match="between 0 and"):
+            await change_worker_limit(client, worker, parse_limit_change("-2"))
+        with pytest.raises(ReadOnlyError):
+            await change_worker_limit(client, worker, parse_limit_change("5"), read_only=True)
+        with pytest.raises(LimitInputError, match="has no GCL"):
+            await change_worker_limit(client, "nobody-" + worker, parse_limit_change("5"))
+        state = await read_gcl(client, f"gpu:{worker}")
+        assert state is not None and state.limit == 1
