@@ -28,10 +28,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
     server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield server
+        # Flow runs in this process log to the API in the background: flush them before the
+        # server goes, or the session ends on "Error logging to API" noise.
+        APILogWorker.drain_all(timeout=10, at_exit=False)
     server.stop()
     if previous is None:
         os.environ.pop("PREFECT_API_URL", None)

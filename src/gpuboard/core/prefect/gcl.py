@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
@@ -53,13 +55,11 @@ async def ensure_gcl(client: PrefectClient, name: str, limit: int) -> tuple[GclS
     existing = await read_gcl(client, name)
     if existing is not None:
         return existing, False
-    try:
+    # Another process may create it between our read and write: theirs stands.
+    with contextlib.suppress(ObjectAlreadyExists):
         await client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True)
         )
-    except ObjectAlreadyExists:
-        # Another process created it between our read and write: theirs stands.
-        pass
     created = await read_gcl(client, name)
     if created is None:
         raise RuntimeError(f"GCL {name!r} vanished right after it was created")
