@@ -1,0 +1,179 @@
+"""Runs one GPU worker: makes sure its pool and GPU slot exist, then runs a Prefect process
+worker named after it, whose flow runs know (WORKER_ID) which slot to take."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from gpuboard.core.config import WORKER_ID_ENV, gcl_name
+from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.gcl import ensure_gcl
+from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker
+from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
+
+# Settings a gpuboard worker changes from Prefect's defaults unless the user set them.
+WORKER_SETTING_DEFAULTS = {
+    # Prefect polls every 10 s; a batch then waits up to 10 s before its first run starts.
+    "PREFECT_WORKER_QUERY_SECONDS": "2",
+    # Prefect's 30 s heartbeat makes a stopped worker look online for a minute or more.
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
+}
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerInputError(ValueError):
+    """A worker option that cannot work; the message says why."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What `gpuboard worker` was asked for."""
+
+    worker_id: str
+    pool: str
+    runs: int  # flow runs at once: the worker's `--limit`
+    gpu_slots: int  # the GCL's limit, used only when the GCL is created
+    api_url: str
+
+
+def validate_worker_id(worker_id: str) -> str:
+    """A worker id is a GCL name part and a worker name: letters, digits, `.`, `_`, `-`."""
+    if not _WORKER_ID.match(worker_id):
+        raise WorkerInputError(
+            f"worker id {worker_id!r} must start with a letter or digit and use only "
+            "letters, digits, '.', '_' and '-' (at most 63 characters), e.g. gpu-1"
+        )
+    return worker_id
+
+
+async def prepare_worker(options: WorkerOptions) -> list[str]:
+    """Create the pool and the GCL `gpu:<id>` when missing; never change an existing limit.
+
+    Returns sentences saying what was found or made.
+    """
+    name = gcl_name(options.worker_id)
+    async with async_client(options.api_url) as client:
+        pool_created = await ensure_work_pool(client, options.pool)
+        gcl, gcl_created = await ensure_gcl(client, name, options.gpu_slots)
+    notes = [f"work pool {options.pool!r} {'created' if pool_created else 'exists'}"]
+    if gcl_created:
+        notes.append(f"GCL {name} created with limit {gcl.limit}")
+    elif gcl.limit != options.gpu_slots:
+        notes.append(
+            f"GCL {name} exists with limit {gcl.limit}: kept (--gpu-slots only sets the "
+            "limit of a new GCL; change it from the board)"
+        )
+    else:
+        notes.append(f"GCL {name} exists with limit {gcl.limit}")
+    if not gcl.active:
+        notes.append(f"warning: GCL {name} is inactive: its runs will fail until it is active")
+    return notes
+
+
+def worker_command(options: WorkerOptions) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        options.pool,
+        "--name",
+        options.worker_id,
+        "--type",
+        "process",
+        "--limit",
+        str(options.runs),
+    ]
+
+
+def worker_environment(
+    options: WorkerOptions, project_dir: Path, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of the Prefect worker; its flow runs inherit it."""
+    env = dict(os.environ if base is None else base)
+    for key, value in WORKER_SETTING_DEFAULTS.items():
+        env.setdefault(key, value)
+    env["PREFECT_API_URL"] = options.api_url
+    env[WORKER_ID_ENV] = options.worker_id  # picks the GCL gpu:<id> in the flow run
+    env[PROJECT_DIR_ENV] = str(project_dir)  # prefect.yaml's pull step moves there
+    return env
+
+
+def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> int:
+    """Prepare, then run the Prefect worker until it exits; returns its exit status.
+
+    SIGINT and SIGTERM are passed on to it once each, so it can stop its flow runs and
+    leave cleanly; a second signal is passed on too (Prefect then stops at once).
+    """
+    validate_worker_id(options.worker_id)
+    project_dir = find_project_dir()
+    for note in asyncio.run(prepare_worker(options)):
+        log(note)
+    log(
+        f"starting worker {options.worker_id} on pool {options.pool!r} "
+        f"({options.runs} runs at once) against {options.api_url}, project {project_dir}"
+    )
+    child = subprocess.Popen(
+        worker_command(options),
+        env=worker_environment(options, project_dir),
+        stdin=subprocess.DEVNULL,
+        # Its own session: a terminal's Ctrl-C or a group kill reaches only us, and we pass
+        # it on exactly once (Prefect treats a second SIGINT as "stop now").
+        start_new_session=True,
+        preexec_fn=_prepare_child,
+    )
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    with contextlib.suppress(Exception):
+        asyncio.run(_forget(options))
+    log(f"worker {options.worker_id} stopped ({_describe(returncode)})")
+    # A child killed by signal N reports -N; a shell reports 128 + N.
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+async def _forget(options: WorkerOptions) -> None:
+    async with async_client(options.api_url) as client:
+        await forget_worker(client, options.pool, options.worker_id)
+
+
+def _prepare_child() -> None:
+    """Runs in the child between fork and exec.
+
+    SIGINT back to its default: a process started from a background shell job inherits
+    SIGINT *ignored*, and Prefect's worker, which stops by sending itself SIGINT, then
+    never stops. On Linux, also ask for SIGTERM when this process dies, so a `gpuboard
+    worker` killed hard leaves no Prefect worker running on its own.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"

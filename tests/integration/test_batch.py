@@ -1,0 +1,130 @@
+"""Batch submission against a real Prefect server: a repeat creates nothing twice."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+from gpuboard.core.batch import BatchInputError, submit_batch
+from gpuboard.core.local_server import LocalServer
+from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.runs import DeploymentMissing
+
+
+@pytest.fixture
+async def deployment(prefect_server: LocalServer) -> tuple[str, uuid.UUID]:
+    """A process-image deployment of its own, on a pool no worker polls: its runs stay
+    scheduled and no other test's worker can take them."""
+    suffix = uuid.uuid4().hex[:8]
+    async with async_client(prefect_server.api_url) as client:
+        pool = f"batch-{suffix}"
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow_from_name("process-image")
+        deployment_id = await client.create_deployment(
+            flow_id=flow_id,
+            name=f"batch-{suffix}",
+            work_pool_name=pool,
+            entrypoint="flows/process_image.py:process_image",
+        )
+    return f"process-image/batch-{suffix}", deployment_id
+
+
+async def runs_of(api_url: str, deployment_id: uuid.UUID) -> dict[int, uuid.UUID]:
+    """Image id -> flow run id of every run the deployment has."""
+    async with async_client(api_url) as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])
+            ),
+            limit=200,
+        )
+    by_id: dict[int, uuid.UUID] = {}
+    for run in runs:
+        image_id = run.parameters["image_id"]
+        assert image_id not in by_id, f"image {image_id} has two runs"
+        by_id[image_id] = run.id
+    return by_id
+
+
+async def test_a_repeated_submit_creates_only_what_is_missing(
+    prefect_server: LocalServer, deployment: tuple[str, uuid.UUID], isolated_home: Path
+) -> None:
+    name, deployment_id = deployment
+    url = prefect_server.api_url
+    progress: list[int] = []
+
+    first = await submit_batch(
+        range(1, 6), api_url=url, deployment=name, on_progress=lambda p: progress.append(p.done)
+    )
+    assert first.created == [1, 2, 3, 4, 5] and first.existing == [] and first.ok
+    assert progress == [1, 2, 3, 4, 5]
+
+    again = await submit_batch(range(1, 6), api_url=url, deployment=name)
+    assert again.created == [] and again.existing == [1, 2, 3, 4, 5]
+    assert again.flow_run_ids == first.flow_run_ids
+
+    overlapping = await submit_batch(range(4, 9), api_url=url, deployment=name, concurrency=3)
+    assert overlapping.created == [6, 7, 8] and overlapping.existing == [4, 5]
+
+    runs = await runs_of(url, deployment_id)
+    assert sorted(runs) == [1, 2, 3, 4, 5, 6, 7, 8]  # one run per id, no duplicate
+    assert set(runs.values()) == set(first.flow_run_ids) | set(overlapping.flow_run_ids)
+
+    # Another batch name is new work for the same ids; the source is passed on.
+    other = await submit_batch(
+        [1], api_url=url, deployment=name, batch="second-pass", source="file:///d/{image_id}.png"
+    )
+    assert other.created == [1]
+    async with async_client(url) as client:
+        run = await client.read_flow_run(other.flow_run_ids[0])
+    assert run.parameters == {"image_id": 1, "source": "file:///d/{image_id}.png"}
+    assert run.name == "image-1"
+
+    audit = [json.loads(line) for line in (isolated_home / "audit.log").read_text().splitlines()]
+    assert [entry["after"]["created"] for entry in audit] == [5, 0, 3, 1]
+
+
+async def test_a_missing_deployment_or_bad_input_is_refused_before_any_run(
+    prefect_server: LocalServer,
+) -> None:
+    with pytest.raises(DeploymentMissing, match="gpuboard up"):
+        await submit_batch([1], api_url=prefect_server.api_url, deployment="process-image/nope")
+    with pytest.raises(BatchInputError, match="image_id"):
+        await submit_batch([1], api_url=prefect_server.api_url, source="file:///one.png")
+    with pytest.raises(BatchInputError, match="twice"):
+        await submit_batch([1, 1], api_url=prefect_server.api_url)
+
+
+async def test_a_run_the_server_refuses_fails_alone_with_its_reason(
+    prefect_server: LocalServer,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    async with async_client(prefect_server.api_url) as client:
+        await client.create_work_pool(WorkPoolCreate(name=f"strict-{suffix}", type="process"))
+        flow_id = await client.create_flow_from_name("process-image")
+        await client.create_deployment(
+            flow_id=flow_id,
+            name=f"strict-{suffix}",
+            work_pool_name=f"strict-{suffix}",
+            entrypoint="flows/process_image.py:process_image",
+            # The server validates parameters against this: ids above 3 are refused (409).
+            parameter_openapi_schema={
+                "type": "object",
+                "properties": {
+                    "image_id": {"type": "integer", "maximum": 3},
+                    "source": {"type": "string"},
+                },
+            },
+            enforce_parameter_schema=True,
+        )
+    report = await submit_batch(
+        range(2, 6), api_url=prefect_server.api_url, deployment=f"process-image/strict-{suffix}"
+    )
+    assert report.created == [2, 3] and not report.ok
+    assert [o.image_id for o in report.failed] == [4, 5]
+    assert all("greater than the maximum of 3" in (o.reason or "") for o in report.failed)

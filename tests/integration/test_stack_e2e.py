@@ -1,0 +1,258 @@
+"""End to end: real Prefect server, real `gpuboard worker` processes, real OCR flow runs.
+
+The acceptance test of the pipeline: 12 sample images on 2 workers whose GPU slots are
+limited to 2 each. And `gpuboard up --headless`: it starts a stack, a second `up` reuses
+it, and each stops exactly the processes it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.objects import StateType
+
+from gpuboard.core.batch import submit_batch
+from gpuboard.core.config import gcl_name
+from gpuboard.core.images import sample_text
+from gpuboard.core.local_server import LocalServer, api_is_healthy
+from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.deploy import deploy_process_image
+from gpuboard.core.prefect.gcl import read_gcl
+from gpuboard.core.prefect.pool import ensure_work_pool, read_pool_workers
+from gpuboard.core.project import find_project_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+GPU_SLOTS = 2
+IMAGES = 12
+
+
+class Children:
+    """Processes a test starts, each in its own process group; all are killed at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    started = Children()
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an end at t comes before a start at t)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    depth = deepest = 0
+    for _, step in edges:
+        depth += step
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def test_max_overlap_counts_touching_intervals_as_apart() -> None:
+    assert max_overlap([(0, 1), (1, 2), (2, 3)]) == 1
+    assert max_overlap([(0, 3), (1, 2), (1.5, 4)]) == 3
+
+
+async def wait_for_online(api_url: str, pool: str, names: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with async_client(api_url) as client:
+            online = {w.name for w in await read_pool_workers(client, pool) if w.online}
+        if names <= online:
+            return
+        await asyncio.sleep(1)
+    raise AssertionError(f"workers {sorted(names - online)} did not come online")
+
+
+async def wait_for_final_states(
+    api_url: str, run_ids: list[uuid.UUID], timeout: float
+) -> dict[uuid.UUID, StateType]:
+    deadline = time.monotonic() + timeout
+    states: dict[uuid.UUID, StateType] = {}
+    while time.monotonic() < deadline:
+        final = 0
+        async with async_client(api_url) as client:
+            for run_id in run_ids:
+                state = (await client.read_flow_run(run_id)).state
+                if state is not None:
+                    states[run_id] = state.type
+                    final += state.is_final()
+        if final == len(run_ids):
+            return states
+        await asyncio.sleep(2)
+    raise AssertionError(f"runs not finished after {timeout:.0f}s: {states}")
+
+
+async def test_twelve_sample_runs_on_two_workers_hold_each_gpu_limit(
+    prefect_server: LocalServer, children: Children, tmp_path: Path
+) -> None:
+    api_url = prefect_server.api_url
+    suffix = uuid.uuid4().hex[:6]
+    # A pool and workers of its own: no other test's runs reach these workers.
+    pool = f"e2e-{suffix}"
+    workers = [f"e2e-{suffix}-{n}" for n in (1, 2)]
+    results = tmp_path / "results"
+    async with async_client(api_url) as client:
+        await ensure_work_pool(client, pool)
+    deploy_process_image(find_project_dir(), api_url, pool=pool)
+
+    env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_RESULTS_DIR": str(results)}
+    for worker in workers:
+        # --runs 4: more runs at once than GPU slots, so runs really wait for a slot.
+        command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
+        command += ["--api-url", api_url, "--gpu-slots", str(GPU_SLOTS), "--runs", "4"]
+        children.start(command, env, tmp_path / f"{worker}.log")
+    await wait_for_online(api_url, pool, set(workers), timeout=120)
+    async with async_client(api_url) as client:
+        for worker in workers:  # `gpuboard worker` made them
+            gcl = await read_gcl(client, gcl_name(worker))
+            assert gcl is not None and gcl.limit == GPU_SLOTS
+
+    started = time.monotonic()
+    report = await submit_batch(range(1, IMAGES + 1), batch=f"e2e-{suffix}", api_url=api_url)
+    assert len(report.created) == IMAGES and report.ok
+    states = await wait_for_final_states(api_url, report.flow_run_ids, timeout=480)
+    elapsed = time.monotonic() - started
+    logs = "\n".join((tmp_path / f"{w}.log").read_text()[-3000:] for w in workers)
+    assert set(states.values()) == {StateType.COMPLETED}, f"{states}\n{logs}"
+
+    records = [json.loads((results / f"{i}.json").read_text()) for i in range(1, IMAGES + 1)]
+    for record in records:
+        assert record["text"] == sample_text(record["image_id"])
+    by_worker: dict[str, list[tuple[float, float]]] = {w: [] for w in workers}
+    for record in records:
+        timings = record["timings"]
+        by_worker[record["worker"]].append(
+            (timings["inference_started_at"], timings["inference_ended_at"])
+        )
+    for worker, intervals in by_worker.items():
+        assert intervals, f"worker {worker} did no work"
+        assert max_overlap(intervals) <= GPU_SLOTS, f"{worker} ran more than {GPU_SLOTS} at once"
+    print(
+        f"{IMAGES} runs on 2 workers in {elapsed:.1f}s; per worker: "
+        + ", ".join(f"{w} {len(i)} (max {max_overlap(i)} at once)" for w, i in by_worker.items())
+    )
+
+
+def _processes_with_env(key: str, value: str) -> set[int]:
+    """Pids of this user's processes whose environment has key=value (Linux /proc)."""
+    needle = f"{key}={value}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+    return found
+
+
+def _wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    content = log.read_text(errors="replace") if log.exists() else ""
+    raise AssertionError(f"no {text!r} in the output of gpuboard up:\n{content[-4000:]}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A value for GPUBOARD_TEST_STACK: every process an `up` starts inherits it. Whatever
+    still carries it after the test is killed, whether the test passed or not."""
+    value = uuid.uuid4().hex[:8]
+    yield value
+    for tag in (f"first-{value}", f"second-{value}"):
+        for pid in _processes_with_env("GPUBOARD_TEST_STACK", tag):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_up_headless_starts_reuses_and_stops_exactly_its_own(
+    children: Children, marker: str, tmp_path: Path
+) -> None:
+    api_url = f"http://127.0.0.1:{_free_port()}/api"
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "gpuboard", "up", "--headless", "--refresh", "1"]
+    command += ["--workers", "2"]
+    env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_HOME": str(home)}
+    first_tag, second_tag = f"first-{marker}", f"second-{marker}"
+    first_log, second_log = tmp_path / "up-1.log", tmp_path / "up-2.log"
+
+    first = children.start(command, {**env, "GPUBOARD_TEST_STACK": first_tag}, first_log)
+    _wait_for_line(first_log, "workers 2/2 online", first, timeout=240)
+    state = json.loads((home / "stacks" / f"up-{first.pid}.json").read_text())
+    assert state["server_pid"] and sorted(state["workers"]) == ["gpu-1", "gpu-2"]
+    # The server, 2 `gpuboard worker`s and their 2 Prefect workers; `up` itself aside.
+    ours = _processes_with_env("GPUBOARD_TEST_STACK", first_tag) - {first.pid}
+    assert len(ours) >= 5, ours
+
+    second = children.start(command, {**env, "GPUBOARD_TEST_STACK": second_tag}, second_log)
+    _wait_for_line(second_log, "workers 2/2 online", second, timeout=120)
+    text = second_log.read_text()
+    assert "Prefect server answers" in text and text.count("already online") == 2
+    assert "started worker" not in text
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+    assert _processes_with_env("GPUBOARD_TEST_STACK", second_tag) == set()
+    # The second `up` stopped nothing of the first.
+    assert api_is_healthy(api_url)
+    assert ours <= _processes_with_env("GPUBOARD_TEST_STACK", first_tag)
+
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    assert first.wait(timeout=90) == 0
+    assert _processes_with_env("GPUBOARD_TEST_STACK", first_tag) == set()
+    assert not api_is_healthy(api_url)
+    assert list((home / "stacks").iterdir()) == []
