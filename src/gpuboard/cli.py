@@ -211,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_url(submit)
     submit.set_defaults(parser=submit)
 
+    limit = commands.add_parser(
+        "limit",
+        help="change a worker's GPU slot limit (GCL gpu:<worker>)",
+        description=(
+            "Set, raise, lower, pause or resume the GPU slot limit of a worker. 0 pauses: "
+            "running inferences finish, waiting ones wait (they do not fail)."
+        ),
+    )
+    limit.add_argument("worker", help="worker id, e.g. gpu-1")
+    limit.add_argument(
+        "change", help="a whole number 0-10000, +N, -N, `pause` or `resume` (back to the old limit)"
+    )
+    _add_api_url(limit)
+    limit.set_defaults(parser=limit)
+
     status = commands.add_parser("status", help="print the board's state once and exit")
     status.add_argument("--json", action="store_true", help="as JSON")
     _add_pool(status)
@@ -228,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": _worker,
         "submit": _submit,
         "status": _status,
+        "limit": _limit,
     }
     try:
         return handlers[args.command](args)
@@ -377,6 +393,28 @@ def _submit(args: argparse.Namespace) -> int:
     )
     print(format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _limit(args: argparse.Namespace) -> int:
+    from gpuboard.core.limit_actions import change_worker_limit
+    from gpuboard.core.limits import LimitInputError, parse_limit_change
+    from gpuboard.core.prefect.client import async_client
+
+    try:
+        change = parse_limit_change(args.change)
+    except LimitInputError as exc:
+        raise _UsageError(str(exc)) from None
+
+    async def apply() -> str:
+        async with async_client(_api_url(args)) as client:
+            return (await change_worker_limit(client, args.worker, change)).message
+
+    try:
+        _say(asyncio.run(apply()))
+    except LimitInputError as exc:
+        _err(f"gpuboard: error: {exc}")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _is_http_error(exc: Exception) -> bool:

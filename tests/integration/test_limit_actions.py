@@ -46,3 +46,34 @@ async def test_refused_changes_leave_the_server_alone(prefect_server: LocalServe
             await change_worker_limit(client, "nobody-" + worker, parse_limit_change("5"))
         state = await read_gcl(client, f"gpu:{worker}")
         assert state is not None and state.limit == 1
+
+
+def test_cli_limit_changes_the_server(
+    prefect_server: LocalServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from gpuboard.cli import main
+
+    worker = f"w-{uuid.uuid4().hex[:6]}"
+
+    async def setup_and_read(limit: int | None = None) -> int:
+        async with async_client(prefect_server.api_url) as client:
+            if limit is not None:
+                await ensure_gcl(client, f"gpu:{worker}", limit)
+            state = await read_gcl(client, f"gpu:{worker}")
+            assert state is not None
+            return state.limit
+
+    asyncio.run(setup_and_read(2))
+    assert main(["limit", worker, "+1", "--api-url", prefect_server.api_url]) == 0
+    assert asyncio.run(setup_and_read()) == 3
+    assert main(["limit", worker, "pause", "--api-url", prefect_server.api_url]) == 0
+    assert "paused" in capsys.readouterr().out
+    assert asyncio.run(setup_and_read()) == 0
+    assert main(["limit", worker, "resume", "--api-url", prefect_server.api_url]) == 0
+    assert asyncio.run(setup_and_read()) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["limit", worker, "lots", "--api-url", prefect_server.api_url])
+    assert exit_info.value.code == 2
+    assert asyncio.run(setup_and_read()) == 3
