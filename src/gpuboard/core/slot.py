@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import httpx
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError  # public re-export
-from prefect.concurrency.sync import concurrency
 
 from gpuboard.core.config import current_worker_id, gcl_name
 from gpuboard.core.models import GclState
+from gpuboard.core.prefect.slot_lease import recorded_concurrency
 from gpuboard.core.prefect.slots import current_holder, read_gcl_now
 
 # The server's minimum. A process killed while holding the slot keeps it this long.
@@ -63,7 +63,7 @@ def gpu_slot(
             was_paused |= _wait_while_paused(name, worker, poll_s, log, logged=was_paused)
             try:
                 held.enter_context(
-                    concurrency(
+                    recorded_concurrency(
                         name,
                         occupy=1,
                         lease_duration=lease_seconds,

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker
 from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
+from gpuboard.core.reclaim import DEFAULT_INTERVAL_S, reclaim_forever
 
 # Settings a gpuboard worker changes from Prefect's defaults unless the user set them.
 WORKER_SETTING_DEFAULTS = {
@@ -28,6 +30,9 @@ WORKER_SETTING_DEFAULTS = {
     "PREFECT_WORKER_QUERY_SECONDS": "2",
     # Prefect's 30 s heartbeat makes a stopped worker look online for a minute or more.
     "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
+    # Flow-run heartbeats every 30 s (Prefect's minimum; default 180): a run whose process
+    # and worker both died is flagged stale after 90 s instead of 9 minutes.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _PR_SET_PDEATHSIG = 1
@@ -127,6 +132,17 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
         f"starting worker {options.worker_id} on pool {options.pool!r} "
         f"({options.runs} runs at once) against {options.api_url}, project {project_dir}"
     )
+    # Releases, within seconds, the GPU slot of any of this worker's flow runs that dies
+    # holding it (SIGKILL, OOM killer), instead of after its lease expires. Started first:
+    # it also frees what a previous run of this worker left behind.
+    stop_reclaiming = threading.Event()
+    threading.Thread(
+        target=reclaim_forever,
+        args=(options.worker_id, DEFAULT_INTERVAL_S, stop_reclaiming),
+        kwargs={"api_url": options.api_url, "say": log},
+        name="gpuboard-reclaimer",
+        daemon=True,
+    ).start()
     child = subprocess.Popen(
         worker_command(options),
         env=worker_environment(options, project_dir),
@@ -145,6 +161,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
     try:
         returncode = child.wait()
     finally:
+        stop_reclaiming.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     with contextlib.suppress(Exception):

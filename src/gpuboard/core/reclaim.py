@@ -1,0 +1,384 @@
+"""Finds GPU slots whose holder died and releases exactly those leases; finds Running flow
+runs that have no live process. Results are frozen reports, failures are values in them.
+
+A slot's holder is dead when the process that holds the lease is gone (seen from the same
+host and PID namespace, as `gpuboard worker` sees its own flow runs), or, where the process
+cannot be seen, when its flow run is finished (Completed, Failed, Cancelled, Crashed) or
+deleted, or its task run is finished. A holder whose process is seen running is alive
+whatever its run's state says (it may still be using the GPU). A holder that cannot be
+judged is kept: its lease bounds the leak (60 s with `gpu_slot()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+
+from gpuboard.core.config import gcl_name
+from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.gcl import read_gcl
+from gpuboard.core.prefect.leases import (
+    HolderStates,
+    LeaseRecord,
+    RunState,
+    forget_lease,
+    list_leases,
+    read_holder_states,
+    release_lease,
+)
+from gpuboard.core.prefect.run_health import (
+    CrashMark,
+    mark_crashed,
+    read_last_heartbeats,
+    read_running_flow_runs,
+)
+from gpuboard.core.process_identity import is_running
+
+log = logging.getLogger(__name__)
+
+FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+DEFAULT_INTERVAL_S = 2.0
+# Flagged stale after this many heartbeat periods without one: one missed beat can be a
+# slow server or a busy event persister, three are not.
+STALE_AFTER_BEATS = 3
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One published lease of a GCL and the verdict on its holder."""
+
+    record: LeaseRecord
+    flow_run: RunState | None  # None: no flow run id recorded, or the server has none
+    task_run: RunState | None
+    process_running: bool | None  # None: its process cannot be seen from here
+    dead: bool
+    reason: str  # why dead, or why kept
+
+
+@dataclass(frozen=True)
+class Release:
+    """One lease this pass released (or tried to)."""
+
+    lease_id: UUID
+    flow_run_id: UUID | None
+    reason: str  # why its holder is dead
+    was_held: bool | None  # True: a slot came back; False: the lease had already gone
+    error: str | None = None  # the release failed; the next pass tries again
+
+
+@dataclass(frozen=True)
+class ReclaimReport:
+    """One reclaim pass over GCL `gcl`."""
+
+    gcl: str
+    checked_at: float  # epoch seconds
+    holders: tuple[Holder, ...]  # every published lease found, dead ones included
+    released: tuple[Release, ...]
+    limit: int | None = None  # the GCL after the pass; None where it could not be read
+    active_slots: int | None = None
+    errors: tuple[str, ...] = ()
+
+    @property
+    def unrecorded_slots(self) -> int:
+        """Slots held with no published lease (a holder killed before publishing, or a
+        plain `concurrency()` user): they come back only when their lease expires."""
+        if self.active_slots is None:
+            return 0
+        live = sum(1 for holder in self.holders if not holder.dead)
+        return max(0, self.active_slots - live)
+
+
+@dataclass(frozen=True)
+class StaleRun:
+    """A Running flow run that shows no sign of a live process."""
+
+    flow_run: RunState
+    last_heartbeat: float | None  # epoch seconds; None when none was seen in the window
+    process_gone: bool  # True: its slot-holding process was seen gone (certain)
+    reason: str
+
+
+@dataclass(frozen=True)
+class StaleReport:
+    checked_at: float
+    running: int  # Running flow runs looked at
+    stale: tuple[StaleRun, ...]
+    errors: tuple[str, ...] = ()
+
+
+def judge(
+    record: LeaseRecord, states: HolderStates, process_running: bool | None
+) -> tuple[bool, str]:
+    """(dead, reason) for the holder of `record`."""
+    if process_running is True:
+        return False, "its process is running"
+    if process_running is False:
+        where = f" on {record.process.host}" if record.process else ""
+        pid = record.process.pid if record.process else "?"
+        return True, f"its process {pid}{where} is gone"
+    if record.flow_run_id is None:
+        return False, "no flow run recorded and its process cannot be seen: kept"
+    flow_run = states.flow_runs.get(record.flow_run_id)
+    if flow_run is None:
+        return True, "its flow run no longer exists"
+    if flow_run.state_type in FINISHED:
+        return True, f"its flow run is {flow_run.state_name}"
+    task_run = states.task_runs.get(record.task_run_id) if record.task_run_id else None
+    if task_run is not None and task_run.state_type in FINISHED:
+        return True, f"its task run is {task_run.state_name}"
+    return False, f"its flow run is {flow_run.state_name}"
+
+
+async def reclaim_gcl(
+    client: PrefectClient, gcl: str, *, check_processes: bool = True, dry_run: bool = False
+) -> ReclaimReport:
+    """Release the leases of GCL `gcl` whose holder is dead; report what was found.
+
+    `check_processes=False` judges by run states only, as a machine other than the
+    holders' would. `dry_run` finds and judges but releases nothing (for a board that
+    asks the operator first). A few requests per pass: the records (1), the holders'
+    states (2, only when there are records), the GCL (1), and per dead holder 3.
+    """
+    checked_at = time.time()
+    errors: list[str] = []
+    try:
+        records = await list_leases(client, gcl)
+        states = (
+            await read_holder_states(client, records)
+            if records
+            else HolderStates(flow_runs={}, task_runs={})
+        )
+    except Exception as exc:
+        return ReclaimReport(gcl, checked_at, (), (), errors=(_failure("read leases", exc),))
+    holders = tuple(_holder(record, states, check_processes) for record in records)
+    released: list[Release] = []
+    if not dry_run:
+        for holder in holders:
+            if holder.dead:
+                released.append(await _release(client, holder))
+    try:
+        state = await read_gcl(client, gcl)
+    except Exception as exc:
+        state = None
+        errors.append(_failure(f"read GCL {gcl}", exc))
+    return ReclaimReport(
+        gcl=gcl,
+        checked_at=checked_at,
+        holders=holders,
+        released=tuple(released),
+        limit=state.limit if state else None,
+        active_slots=state.active_slots if state else None,
+        errors=tuple(errors + [r.error for r in released if r.error]),
+    )
+
+
+async def reclaim_lease(
+    client: PrefectClient, gcl: str, lease_id: UUID, *, check_processes: bool = True
+) -> Release:
+    """Release the one lease `lease_id` of GCL `gcl` if its holder is dead (the board's
+    confirmed action). Judged again now: a holder alive by now, or a lease whose record
+    is gone (released meanwhile), is refused with the reason in `error`; nothing else is
+    touched."""
+    try:
+        records = [r for r in await list_leases(client, gcl) if r.lease_id == lease_id]
+        states = await read_holder_states(client, records)
+    except Exception as exc:
+        return Release(lease_id, None, "", was_held=None, error=_failure("read lease", exc))
+    if not records:
+        return Release(lease_id, None, "", was_held=None, error="no such lease record")
+    holder = _holder(records[0], states, check_processes)
+    if not holder.dead:
+        return Release(lease_id, holder.record.flow_run_id, holder.reason, None, "holder is alive")
+    return await _release(client, holder)
+
+
+def reclaim_once(
+    worker_id: str, *, api_url: str | None = None, check_processes: bool = True
+) -> ReclaimReport:
+    """One reclaim pass over worker `worker_id`'s GCL, from synchronous code."""
+
+    async def run() -> ReclaimReport:
+        async with async_client(api_url) as client:
+            return await reclaim_gcl(client, gcl_name(worker_id), check_processes=check_processes)
+
+    return asyncio.run(run())
+
+
+def reclaim_forever(
+    worker_id: str,
+    interval_s: float,
+    stop_event: threading.Event,
+    *,
+    api_url: str | None = None,
+    check_processes: bool = True,
+    say: Callable[[str], None] | None = None,
+    on_report: Callable[[ReclaimReport], None] | None = None,
+) -> None:
+    """Reclaim worker `worker_id`'s orphaned GPU slots every `interval_s` until `stop_event`.
+
+    Made to be a daemon thread's target in `gpuboard worker`: it never raises; a failed
+    pass (server away) is said once and retried, with a fresh client, next interval.
+    `say` gets one line per released lease and per change of error (default: logging).
+    `check_processes` as in `reclaim_gcl`: on where it runs on its flow runs' machine.
+    """
+    speak = say or log.info
+    gcl = gcl_name(worker_id)
+
+    async def loop() -> None:
+        last_error = ""
+        while not stop_event.is_set():
+            try:
+                async with async_client(api_url) as client:
+                    while not stop_event.is_set():
+                        report = await reclaim_gcl(client, gcl, check_processes=check_processes)
+                        for line in describe_releases(report):
+                            speak(line)
+                        error = "; ".join(report.errors)
+                        if error != last_error:
+                            speak(f"reclaimer {gcl}: {error or 'working again'}")
+                        last_error = error
+                        if on_report is not None:
+                            on_report(report)
+                        await asyncio.to_thread(stop_event.wait, interval_s)
+            except Exception as exc:  # a broken client: build a new one next interval
+                error = _failure("reclaim pass", exc)
+                if error != last_error:
+                    speak(f"reclaimer {gcl}: {error}")
+                last_error = error
+                await asyncio.to_thread(stop_event.wait, interval_s)
+
+    asyncio.run(loop())
+
+
+def describe_releases(report: ReclaimReport) -> list[str]:
+    """One line per lease a pass released, for a worker's log."""
+    lines = []
+    for release in report.released:
+        if release.error:
+            continue
+        outcome = "slot back in service" if release.was_held else "lease had already expired"
+        lines.append(
+            f"{report.gcl}: released lease {release.lease_id} of flow run "
+            f"{release.flow_run_id or '?'} ({release.reason}): {outcome}"
+        )
+    return lines
+
+
+async def find_stale_runs(
+    client: PrefectClient,
+    stale_after_s: float,
+    *,
+    work_pool: str | None = None,
+    worker: str | None = None,
+    check_processes: bool = True,
+    now: float | None = None,
+) -> StaleReport:
+    """Running flow runs (of `work_pool` / Prefect worker `worker` when given) with no sign of
+    a live process: no heartbeat for `stale_after_s` seconds (and Running at least that
+    long), or a published slot holder whose process is seen gone from this machine.
+
+    `stale_after_s` should be a few heartbeat periods: see `default_stale_after_s()`.
+    `check_processes=False` goes by heartbeats only.
+    A few requests: the Running runs, their heartbeats (1 per 50 runs), the lease records.
+    """
+    now = time.time() if now is None else now
+    try:
+        running = [
+            run
+            for run in await read_running_flow_runs(client, work_pool)
+            if worker is None or run.worker == worker
+        ]
+        if not running:
+            return StaleReport(checked_at=now, running=0, stale=())
+        # From the earliest start: the newest beat of each run, however old, is reported.
+        earliest = min((run.state_since or now) for run in running)
+        since = datetime.fromtimestamp(max(earliest - 60, now - 86400), tz=timezone.utc)
+        beats = await read_last_heartbeats(client, [run.id for run in running], since)
+        records = await list_leases(client)
+    except Exception as exc:
+        return StaleReport(
+            checked_at=now, running=0, stale=(), errors=(_failure("read runs", exc),)
+        )
+    gone = {
+        record.flow_run_id
+        for record in records
+        if record.flow_run_id is not None
+        and record.process is not None
+        and check_processes
+        and is_running(record.process) is False
+    }
+    stale: list[StaleRun] = []
+    for run in running:
+        beat = beats.get(run.id)
+        # Without any beat, the time it entered Running stands in: a run just started
+        # has not had time to send one.
+        quiet_since = beat if beat is not None else (run.state_since or now)
+        if run.id in gone:
+            stale.append(StaleRun(run, beat, True, "its slot-holding process is gone"))
+        elif quiet_since <= now - stale_after_s:
+            age = now - quiet_since
+            reason = (
+                f"no heartbeat in {age:.0f} s Running"
+                if beat is None
+                else f"last heartbeat {age:.0f} s ago"
+            )
+            stale.append(StaleRun(run, beat, False, reason))
+    return StaleReport(checked_at=now, running=len(running), stale=tuple(stale))
+
+
+def default_stale_after_s() -> float:
+    """STALE_AFTER_BEATS heartbeat periods of this process's Prefect settings (the
+    `gpuboard worker` environment is its flow runs' environment)."""
+    from prefect.settings import get_current_settings
+
+    frequency = get_current_settings().flows.heartbeat_frequency or 180
+    return float(STALE_AFTER_BEATS * frequency)
+
+
+async def mark_run_crashed(client: PrefectClient, flow_run_id: UUID, reason: str) -> CrashMark:
+    """Mark a stale flow run Crashed so that its slot can be reclaimed and its retries or
+    automations run. A run that finished meanwhile keeps its final state."""
+    return await mark_crashed(client, flow_run_id, f"Marked Crashed by gpuboard: {reason}")
+
+
+def _holder(record: LeaseRecord, states: HolderStates, check_processes: bool) -> Holder:
+    process_running = (
+        is_running(record.process) if check_processes and record.process is not None else None
+    )
+    dead, reason = judge(record, states, process_running)
+    return Holder(
+        record=record,
+        flow_run=states.flow_runs.get(record.flow_run_id) if record.flow_run_id else None,
+        task_run=states.task_runs.get(record.task_run_id) if record.task_run_id else None,
+        process_running=process_running,
+        dead=dead,
+        reason=reason,
+    )
+
+
+async def _release(client: PrefectClient, holder: Holder) -> Release:
+    record = holder.record
+    try:
+        was_held = await release_lease(client, record.lease_id)
+        await forget_lease(client, record.lease_id)
+    except Exception as exc:
+        return Release(
+            record.lease_id,
+            record.flow_run_id,
+            holder.reason,
+            was_held=None,
+            error=_failure(f"release lease {record.lease_id}", exc),
+        )
+    return Release(record.lease_id, record.flow_run_id, holder.reason, was_held=was_held)
+
+
+def _failure(what: str, exc: BaseException) -> str:
+    return f"{what} failed: {type(exc).__name__}: {exc}"
