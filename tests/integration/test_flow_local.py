@@ -90,8 +90,9 @@ def test_flow_reads_the_sample_and_saves_the_result(
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-    assert sorted(t.task_key.split("-")[0] for t in task_runs) == [
+    assert sorted(t.name.rsplit("-", 1)[0] for t in task_runs) == [
         "download_image",
+        "load_model",
         "run_ml_model",
         "save_results",
     ]

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from gpuboard.core.config import WORKER_ID_ENV, gcl_name
+from gpuboard.core.gpu_events import start_gpu_publisher
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker
@@ -143,6 +144,8 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
         name="gpuboard-reclaimer",
         daemon=True,
     ).start()
+    # This machine's NVML readings go to the server as events, so a board anywhere shows them.
+    publisher = start_gpu_publisher(options.worker_id, api_url=options.api_url)
     child = subprocess.Popen(
         worker_command(options),
         env=worker_environment(options, project_dir),
@@ -162,6 +165,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
         returncode = child.wait()
     finally:
         stop_reclaiming.set()
+        publisher.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     with contextlib.suppress(Exception):

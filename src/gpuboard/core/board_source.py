@@ -1,0 +1,259 @@
+"""Builds one `Snapshot` per call from every source the board has, never raising.
+
+Sources: the Prefect API (workers, GCLs, runs), GPU readings the workers publish as
+Prefect events, and this machine's own NVML. A failing source becomes a `SourceError`
+in the snapshot; the last good Prefect data is kept and marked by its age, so the screen
+keeps showing it while the server is away and picks up again when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Protocol
+
+from prefect.client.orchestration import PrefectClient
+
+from gpuboard.core.advisor import PeakTracker, advice_for_workers
+from gpuboard.core.gpu_events import read_published_readings
+from gpuboard.core.models import (
+    GpuProcess,
+    GpuReading,
+    GpuSample,
+    RefreshCost,
+    Snapshot,
+    SourceError,
+    WorkerView,
+)
+from gpuboard.core.nvml_source import NvmlSource
+from gpuboard.core.prefect.poll_client import (
+    NoRetries,
+    RequestCounter,
+    describe_failure,
+    poll_client,
+)
+from gpuboard.core.prefect.snapshot import PrefectRead, read_prefect
+
+# A whole refresh gives up after this long; the next tick tries again.
+READ_TIMEOUT = 8.0
+# What finished in the last hour is read this often, not every refresh: it changes slowly
+# and counting an hour of completed runs is the costliest request of a refresh.
+FINISHED_EVERY = 10.0
+
+
+class SnapshotSource(Protocol):
+    """What the board polls: anything that returns a Snapshot and can be closed."""
+
+    async def read(self) -> Snapshot: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BoardSource:
+    """The board's live source for work pool `pool` on the Prefect API at `api_url`."""
+
+    def __init__(
+        self,
+        pool: str,
+        api_url: str,
+        *,
+        nvml: NvmlSource | None = None,
+        clock: Callable[[], float] = time.time,
+        timeout: float = READ_TIMEOUT,
+        finished_every: float = FINISHED_EVERY,
+    ) -> None:
+        self.pool = pool
+        self.api_url = api_url.rstrip("/")
+        self.nvml = nvml
+        self._clock = clock
+        self._timeout = timeout
+        self._finished_every = finished_every
+        self._finished_at = 0.0
+        self._counter = RequestCounter()
+        self._client: PrefectClient | None = None
+        self._last: PrefectRead | None = None
+        self._last_at: float | None = None
+        self._published: list[GpuReading] = []
+        self._peaks = PeakTracker()
+        self._no_retries = NoRetries()
+
+    async def read(self) -> Snapshot:
+        now = self._clock()
+        errors: list[SourceError] = []
+        local = await asyncio.to_thread(self.nvml.read) if self.nvml is not None else None
+        requests_before = self._counter.requests
+        started = time.perf_counter()
+        with self._no_retries():
+            prefect, published = await self._read_prefect(now)
+        api_ms = (time.perf_counter() - started) * 1000
+        if isinstance(prefect, SourceError):
+            errors.append(prefect)
+            if prefect.kind == "unreachable":
+                # A client that has connected once retries refused connections for minutes;
+                # a fresh one gives up at once, so the banner shows and goes without delay.
+                await self._drop_client()
+        else:
+            if self._last is None or prefect.finished is not self._last.finished:
+                self._finished_at = now
+            self._last, self._last_at = prefect, now
+        if isinstance(published, SourceError):
+            if not isinstance(prefect, SourceError):
+                errors.append(published)
+        else:
+            self._published = published
+        readings = merge_readings(local, self._published)
+        return self._assemble(
+            now, readings, errors, self._counter.requests - requests_before, api_ms
+        )
+
+    async def aclose(self) -> None:
+        await self._drop_client()
+        if self.nvml is not None:
+            self.nvml.close()
+
+    async def _read_prefect(
+        self, now: float
+    ) -> tuple[PrefectRead | SourceError, list[GpuReading] | SourceError]:
+        try:
+            if self._client is None:
+                self._client = poll_client(self.api_url, self._counter)
+                await self._client.__aenter__()
+            client = self._client
+            last = self._last
+            fresh_enough = last is not None and now - self._finished_at < self._finished_every
+            prefect, published = await asyncio.wait_for(
+                asyncio.gather(
+                    read_prefect(
+                        client,
+                        self.pool,
+                        datetime.fromtimestamp(now, tz=timezone.utc),
+                        finished=last.finished if last is not None and fresh_enough else None,
+                    ),
+                    read_published_readings(client, now),
+                    return_exceptions=True,
+                ),
+                self._timeout,
+            )
+        except Exception as exc:  # the timeout, or the client failing to open
+            failure = describe_failure(exc)
+            return failure, failure
+        return (
+            describe_failure(prefect) if isinstance(prefect, BaseException) else prefect,
+            describe_failure(published, "gpu-events")
+            if isinstance(published, BaseException)
+            else published,
+        )
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            # Closing a client whose server is gone may fail: there is nothing to do.
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
+    def _assemble(
+        self,
+        now: float,
+        readings: list[GpuReading],
+        errors: list[SourceError],
+        calls: int,
+        api_ms: float,
+    ) -> Snapshot:
+        prefect = self._last
+        if prefect is None:
+            return Snapshot(
+                pool=self.pool,
+                api_url=self.api_url,
+                taken_at=now,
+                gpu_readings=tuple(readings),
+                errors=tuple(errors),
+                cost=RefreshCost(calls, api_ms),
+            )
+        readings = [_map_processes(r, prefect.pid_runs) for r in readings]
+        for reading in readings:
+            for gpu in reading.gpus:
+                self._peaks.observe(gpu)
+        workers = _join_gpus(prefect.workers, readings, self._peaks)
+        return Snapshot(
+            pool=self.pool,
+            api_url=self.api_url,
+            taken_at=now,
+            prefect_read_at=self._last_at,
+            workers=workers,
+            runs=prefect.runs,
+            running=prefect.running,
+            next_queued=prefect.next_queued,
+            failures=prefect.finished.failures,
+            gpu_readings=tuple(readings),
+            errors=tuple(errors),
+            cost=RefreshCost(calls, api_ms),
+        )
+
+
+def merge_readings(local: GpuReading | None, published: list[GpuReading]) -> list[GpuReading]:
+    """One reading per machine: the board's own machine first, then by host.
+
+    Workers on the board's machine publish what the board reads itself: the board's own
+    read is fresher, so it stands, and those workers are listed on it.
+    """
+    by_host: dict[str, GpuReading] = {}
+    for reading in sorted(published, key=lambda r: r.sampled_at):
+        known = by_host.get(reading.host)
+        workers = tuple(sorted({*reading.workers, *(known.workers if known else ())}))
+        by_host[reading.host] = dataclasses.replace(reading, workers=workers)
+    merged = []
+    if local is not None:
+        mine = by_host.pop(local.host, None)
+        # Where NVML fails here but a worker on this machine published, show theirs.
+        if mine is not None and local.unavailable and not mine.unavailable:
+            merged.append(mine)
+        else:
+            merged.append(dataclasses.replace(local, workers=mine.workers if mine else ()))
+    merged.extend(by_host[host] for host in sorted(by_host))
+    return merged
+
+
+def _map_processes(
+    reading: GpuReading, pid_runs: dict[tuple[str, int], tuple[str, str]]
+) -> GpuReading:
+    """Name the flow run of each GPU process: by its id where known, else by its PID."""
+    names = {run_id: name for run_id, name in pid_runs.values()}
+
+    def mapped(process: GpuProcess) -> GpuProcess:
+        run_id = process.flow_run_id
+        if run_id is None:
+            for worker in reading.workers:
+                found = pid_runs.get((worker, process.pid))
+                if found is not None:
+                    run_id = found[0]
+                    break
+        if run_id is None:
+            return process
+        return dataclasses.replace(process, flow_run_id=run_id, flow_run_name=names.get(run_id))
+
+    gpus = tuple(
+        dataclasses.replace(gpu, processes=tuple(mapped(p) for p in gpu.processes))
+        for gpu in reading.gpus
+    )
+    return dataclasses.replace(reading, gpus=gpus)
+
+
+def _join_gpus(
+    workers: tuple[WorkerView, ...], readings: list[GpuReading], peaks: PeakTracker
+) -> tuple[WorkerView, ...]:
+    gpus_of: dict[str, tuple[GpuSample, ...]] = {}
+    for reading in readings:
+        for worker in reading.workers:
+            gpus_of[worker] = reading.gpus
+    limits = {w.name: (w.limit if not w.unprotected else None) for w in workers}
+    advice = advice_for_workers(
+        {name: gpus for name, gpus in gpus_of.items() if name in limits}, limits, peaks
+    )
+    return tuple(
+        dataclasses.replace(w, gpus=gpus_of.get(w.name, ()), advice=advice.get(w.name))
+        for w in workers
+    )

@@ -1,0 +1,1 @@
+"""The Textual dashboard: renders snapshots from gpuboard.core; holds no Prefect logic."""

@@ -1,0 +1,1 @@
+"""Screens pushed over the board: help, and (later) the operator's dialogs."""

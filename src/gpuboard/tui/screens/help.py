@@ -1,0 +1,63 @@
+"""The help screen on `?`: every key of the board and what each column means."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+MEANINGS = """\
+## Workers
+- **Status** — `●` online, with the age of its last heartbeat; `○` (red) when it missed
+  three heartbeats; `gone` for a `gpu:*` GCL whose worker is not in the pool.
+- **GPU slots** — slots in use / limit of the worker's GCL `gpu:<worker>`.
+  **PAUSED** is limit 0: GPU steps wait, none fail; `(n)` slots are still held by
+  inferences that started before the pause. **UNPROTECTED**: the worker has no GCL, or
+  a disabled one, so its GPU step would run unlimited.
+- **Wait / DL / Load / Inf / Save** — its running flow runs by step: waiting for a GPU
+  slot, downloading, loading the model, inferring (holding a slot), saving. Prefect shows
+  a run waiting for its slot and one holding it alike: Wait is the runs in the GPU step
+  beyond the slots in use. Where the flow loads its model inside the GPU step rather than
+  in a `load_model` task, that loading counts as Wait too. A `+` means more runs than
+  one refresh reads (200): the numbers are a floor.
+- **Fits** — the limit advisor: how many inferences fit in the GPU's memory at the
+  largest one seen; red `⚠` when the limit (summed over workers sharing the GPU) admits
+  more than fit. The GPU panel shows the figures behind it.
+- **Last 5 min** — slots in use over the last five minutes.
+
+## GPU memory
+One block per machine: this one (read here with NVML) and every machine whose
+`gpuboard worker` publishes its readings; their age is shown, **STALE** after 30 s.
+Processes are mapped to the flow run they execute where the PID tells.
+
+## Runs
+Counts of the pool's runs: queued now (scheduled and due, late, pending), running, and
+finished in the last hour; then the running runs with their worker, step and elapsed
+time, the latest failures with their message, and the next queued runs.
+
+## When a source fails
+A banner says which and why; the last data stays on screen, marked stale, and the board
+recovers by itself when the source answers again.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    """Keys (from the app's bindings, so new actions appear here by themselves) and meanings."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark", "dismiss", "Close", key_display="esc"),
+    ]
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        rows = "\n".join(f"| `{key}` | {description} |" for key, description in self.keys)
+        text = f"# gpuboard\n\n| Key | Action |\n|---|---|\n{rows}\n\n{MEANINGS}"
+        with VerticalScroll(id="help-body"):
+            yield Markdown(text)

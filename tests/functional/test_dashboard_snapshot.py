@@ -1,0 +1,182 @@
+"""Whole-screen snapshots of the board (pytest-textual-snapshot) from fixed, known data.
+
+The data is a Snapshot built here with frozen times, so the picture only changes when the
+board's rendering does: review the SVGs with `pytest --snapshot-update` after a change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from gpuboard.core.models import (
+    GclState,
+    GpuProcess,
+    GpuReading,
+    GpuSample,
+    LimitAdvice,
+    RefreshCost,
+    RunCounts,
+    RunView,
+    Snapshot,
+    SourceError,
+    Step,
+    WorkerView,
+)
+from gpuboard.tui.app import GpuBoardApp
+from gpuboard.tui.widgets.gpu_panel import memory_key
+from gpuboard.tui.widgets.workers_table import slots_key
+
+GIB = 1024**3
+NOW = 1_800_000_000.0
+
+
+class ReplaySource:
+    """A source that answers the same snapshot every time (the board's only input here)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    async def read(self) -> Snapshot:
+        return self.snapshot
+
+    async def aclose(self) -> None:
+        pass
+
+
+def fleet_snapshot(**changes: Any) -> Snapshot:
+    gpu = GpuSample(
+        host="gpu-node-1",
+        index=0,
+        uuid="GPU-1",
+        name="NVIDIA H100 80GB HBM3",
+        memory_used=31 * GIB,
+        memory_total=80 * GIB,
+        utilization=87,
+        processes=(
+            GpuProcess(4001, int(7.1 * GIB), "r1", "brave-otter"),
+            GpuProcess(4002, int(6.5 * GIB), "r2", "calm-heron"),
+            GpuProcess(4003, int(6.8 * GIB), "r3", "lucid-moth"),
+        ),
+        sampled_at=NOW - 2,
+    )
+    advice = LimitAdvice(gpu.key, int(7.1 * GIB), int(69.4 * GIB), 9, 4, ("gpu-1",))
+    rows: list[tuple[str, str, Step, int]] = [
+        ("brave-otter", "gpu-1", "infer", 12),
+        ("calm-heron", "gpu-1", "infer", 9),
+        ("lucid-moth", "gpu-1", "infer", 7),
+        ("quiet-crane", "gpu-1", "download", 2),
+        ("swift-ibis", "gpu-2", "waiting", 30),
+    ]
+    running = tuple(
+        RunView(f"r{i}", name, "RUNNING", "Running", worker, step, str(i), start_time=NOW - age)
+        for i, (name, worker, step, age) in enumerate(rows, start=1)
+    )
+    snapshot = Snapshot(
+        pool="ml-pool",
+        api_url="http://127.0.0.1:4200/api",
+        taken_at=NOW,
+        prefect_read_at=NOW,
+        workers=(
+            WorkerView(
+                "gpu-1",
+                True,
+                True,
+                3.2,
+                GclState("gpu:gpu-1", 4, 3, True),
+                running=4,
+                downloading=1,
+                inferring=3,
+                gpus=(gpu,),
+                advice=advice,
+            ),
+            WorkerView(
+                "gpu-2", True, True, 1.5, GclState("gpu:gpu-2", 0, 0, True), running=1, waiting=1
+            ),
+            WorkerView("gpu-3", True, False, 125.0, None),
+            WorkerView("old-box", False, False, None, GclState("gpu:old-box", 2, 0, True)),
+        ),
+        runs=RunCounts(
+            scheduled=14, late=2, pending=1, running=5, completed=120, failed=3, crashed=1
+        ),
+        running=running,
+        next_queued=tuple(
+            RunView(
+                f"q{i}",
+                f"queued-run-{i}",
+                "SCHEDULED",
+                "Scheduled",
+                image_id=str(20 + i),
+                expected_start_time=NOW - 40,
+            )
+            for i in range(3)
+        ),
+        failures=(
+            RunView(
+                "f1",
+                "rusty-lynx",
+                "FAILED",
+                "Failed",
+                "gpu-1",
+                image_id="11",
+                end_time=NOW - 95,
+                message="Task run 'run_ml_model' failed: CUDA out of memory",
+            ),
+        ),
+        gpu_readings=(
+            GpuReading(
+                "dash-host",
+                NOW,
+                unavailable="NVML not available: no NVIDIA driver (libnvidia-ml not found)",
+                local=True,
+            ),
+            GpuReading("gpu-node-1", NOW - 2, (gpu,), workers=("gpu-1",)),
+        ),
+        cost=RefreshCost(13, 42.0),
+    )
+    return Snapshot(**{**snapshot.__dict__, **changes})
+
+
+def board(snapshot: Snapshot) -> GpuBoardApp:
+    app = GpuBoardApp(
+        ReplaySource(snapshot), pool=snapshot.pool, api_url=snapshot.api_url, clock=lambda: NOW
+    )
+    # Five minutes of history, so the sparklines have a shape.
+    for second in range(0, 300, 10):
+        app.history.add(slots_key("gpu-1"), NOW - 300 + second, (second // 30) % 5)
+        app.history.add(slots_key("old-box"), NOW - 300 + second, 0)
+        app.history.add(
+            memory_key(fleet_snapshot_gpu()), NOW - 300 + second, (20 + second // 30) * GIB
+        )
+    return app
+
+
+def fleet_snapshot_gpu() -> GpuSample:
+    return fleet_snapshot().gpu_readings[1].gpus[0]
+
+
+async def shown(pilot: Pilot[int]) -> None:
+    app = pilot.app
+    assert isinstance(app, GpuBoardApp)
+    while app.snapshots_shown < 1:
+        await pilot.pause(0.05)
+    await pilot.pause(0.1)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (140, 40)], ids=["80x24", "140x40"])
+def test_whole_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(board(fleet_snapshot()), terminal_size=size, run_before=shown)
+
+
+def test_whole_screen_server_unreachable(snap_compare: Any) -> None:
+    down = fleet_snapshot(
+        prefect_read_at=NOW - 42,
+        errors=(
+            SourceError(
+                "prefect", "Prefect API unreachable (All connection attempts failed)", "unreachable"
+            ),
+        ),
+    )
+    assert snap_compare(board(down), terminal_size=(80, 24), run_before=shown)

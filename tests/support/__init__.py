@@ -1,0 +1,1 @@
+"""Helpers shared by tests: seeding a real Prefect server, free ports."""

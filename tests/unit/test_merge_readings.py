@@ -1,0 +1,36 @@
+"""One GPU reading per machine: the board's own read first, workers' published ones merged."""
+
+from __future__ import annotations
+
+from gpuboard.core.board_source import merge_readings
+from gpuboard.core.models import GpuReading, GpuSample
+
+
+def gpu(host: str, used: int) -> GpuSample:
+    return GpuSample(host, 0, "GPU-0", "L4", used, 100, 10, (), 0.0)
+
+
+def test_workers_on_the_boards_machine_are_listed_on_its_own_fresher_read() -> None:
+    local = GpuReading("here", 100.0, (gpu("here", 50),), local=True)
+    published = [
+        GpuReading("here", 95.0, (gpu("here", 40),), workers=("gpu-1",)),
+        GpuReading("here", 97.0, (gpu("here", 45),), workers=("gpu-2",)),
+        GpuReading("zeta", 96.0, (gpu("zeta", 10),), workers=("gpu-9",)),
+        GpuReading("alpha", 96.0, (gpu("alpha", 10),), workers=("gpu-5",)),
+    ]
+    merged = merge_readings(local, published)
+    assert [r.host for r in merged] == ["here", "alpha", "zeta"]
+    assert merged[0].local and merged[0].gpus[0].memory_used == 50
+    assert merged[0].workers == ("gpu-1", "gpu-2")
+
+
+def test_a_worker_reading_stands_in_where_nvml_fails_here() -> None:
+    local = GpuReading("here", 100.0, unavailable="NVML not available: no permission", local=True)
+    published = [GpuReading("here", 99.0, (gpu("here", 40),), workers=("gpu-1",))]
+    (only,) = merge_readings(local, published)
+    assert not only.local and only.gpus[0].memory_used == 40 and only.workers == ("gpu-1",)
+
+
+def test_without_a_local_read_every_published_one_is_kept() -> None:
+    published = [GpuReading("b", 1.0, workers=("w2",)), GpuReading("a", 1.0, workers=("w1",))]
+    assert [r.host for r in merge_readings(None, published)] == ["a", "b"]
