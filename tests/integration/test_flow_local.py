@@ -23,7 +23,6 @@ from gpuboard.core.prefect.slots import read_gcl_now
 FLOW_FILE = Path(__file__).resolve().parents[2] / "flows" / "process_image.py"
 
 
-
 @pytest.fixture(scope="module")
 def flow_module() -> ModuleType:
     # flows/ is a folder of Prefect entrypoints, not a package: load it as Prefect does.

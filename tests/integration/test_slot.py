@@ -33,7 +33,6 @@ from gpuboard.core.slot import GpuSlotError, SlotGrant, gpu_slot
 FAST_POLL = 0.2  # poll a paused GCL faster than the 1 s default to keep tests short
 
 
-
 def new_worker(limit: int | None, active: bool = True) -> str:
     """A fresh worker id; with its `gpu:` GCL created unless `limit` is None."""
     worker = f"test-{uuid.uuid4().hex[:8]}"
