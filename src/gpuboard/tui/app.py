@@ -12,6 +12,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -116,6 +117,14 @@ class GpuBoardApp(App[int]):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = snapshot = message.snapshot
         self._remember(snapshot)
+        try:
+            self._show(snapshot)
+        except NoMatches:
+            # A read that ends while the board closes finds its widgets already removed.
+            if self.is_running:
+                raise
+
+    def _show(self, snapshot: Snapshot) -> None:
         now = self.clock()
         stale = snapshot.stale
         for panel_id in ("#workers-panel", "#runs"):
