@@ -1,4 +1,5 @@
-"""The `gpuboard` command: the dashboard, and the subcommands up, worker, submit and status."""
+"""The `gpuboard` command: the dashboard, and the subcommands up, worker, submit, cancel,
+limit and status."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from uuid import UUID
 
-from gpuboard.core.config import DEFAULT_POOL, EMBEDDED_API_URL
+from gpuboard.core.config import DEFAULT_POOL, DEPLOYMENT_FULL_NAME, EMBEDDED_API_URL
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -15,6 +17,8 @@ EXIT_USAGE = 2
 DEFAULT_REFRESH = 2.0
 MAX_RUNS_PER_WORKER = 1000
 MAX_WORKERS = 64
+MAX_BATCH = 100_000
+MAX_SUBMIT_CONCURRENCY = 16
 
 _DESCRIPTION = """\
 Terminal dashboard and operator console for Prefect 3 GPU workers.
@@ -22,7 +26,8 @@ Terminal dashboard and operator console for Prefect 3 GPU workers.
 Without a subcommand, opens the dashboard on the Prefect server at --api-url
 (default: PREFECT_API_URL, else the embedded stack's URL).
 
-Options given before a subcommand apply to the dashboard.
+Options given before a subcommand apply to the dashboard; --read-only (or
+GPUBOARD_READ_ONLY=1) applies to every command: nothing is changed on the server.
 
 Quick start on one machine:
   gpuboard up                     # local server, pool, GCLs, deployment, 2 workers, dashboard
@@ -30,6 +35,8 @@ Quick start on one machine:
 """
 
 _SUBMIT_EPILOG = """\
+Ids: --count N [--start K] for K..K+N-1, or --ids with ids and ranges such as 1-20,40,45-50.
+
 Each run is created with an idempotency key made of the deployment, the batch name and
 the image id. Submitting the same ids in the same batch again creates only the runs
 that are missing and reports the others as already existing: a failed or interrupted
@@ -85,6 +92,33 @@ def _add_pool(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", default=DEFAULT_POOL, help=f"work pool (default: {DEFAULT_POOL})")
 
 
+def _add_read_only(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Accepted before the subcommand and after it; a subcommand's copy sets nothing unless
+    # given (SUPPRESS), so `gpuboard --read-only submit ...` is not undone by the default.
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="refuse every change to the server (also GPUBOARD_READ_ONLY=1)",
+    )
+
+
+def _tag(text: str) -> str:
+    tag = text.strip()
+    if not tag:
+        raise argparse.ArgumentTypeError("a tag may not be empty")
+    return tag
+
+
+def _run_id(text: str) -> UUID:
+    try:
+        return UUID(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a flow run id (a UUID such as 0b9c6f5e-...)"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpuboard",
@@ -100,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"dashboard refresh interval (default: {DEFAULT_REFRESH:g})",
     )
     _add_api_url(parser)
+    _add_read_only(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(parser=parser)
 
@@ -146,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_pool(up)
     _add_api_url(up)
+    _add_read_only(up)
     up.set_defaults(parser=up)
 
     worker = commands.add_parser(
@@ -177,13 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser(
         "submit",
         help="create a batch of process-image runs (idempotent: repeat it safely)",
-        description="Create --count runs of process-image for ids --start .. --start+count-1.",
+        description=(
+            "Create one process-image run per image id: --count runs from --start, "
+            "or the ids of --ids."
+        ),
         epilog=_SUBMIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    submit.add_argument("--count", required=True, type=_positive(100_000), help="runs to create")
     submit.add_argument(
-        "--start", type=_non_negative, default=1, help="first image id (default: 1)"
+        "--count", type=_positive(MAX_BATCH), help=f"runs to create (1-{MAX_BATCH})"
+    )
+    submit.add_argument(
+        "--start", type=_non_negative, help="first image id with --count (default: 1)"
+    )
+    submit.add_argument(
+        "--ids",
+        metavar="IDS",
+        help="image ids and ranges, e.g. 1-20,40,45-50 (instead of --count/--start)",
     )
     submit.add_argument(
         "--source",
@@ -200,16 +246,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch name, part of each run's idempotency key (default: the source template)",
     )
     submit.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        type=_tag,
+        metavar="TAG",
+        help="a tag for every new run (repeat for more)",
+    )
+    submit.add_argument(
+        "--deployment",
+        default=DEPLOYMENT_FULL_NAME,
+        metavar="FLOW/NAME",
+        help=f"deployment to run (default: {DEPLOYMENT_FULL_NAME})",
+    )
+    submit.add_argument(
         "--concurrency",
-        type=_positive(16),
-        default=1,
+        type=_positive(MAX_SUBMIT_CONCURRENCY),
+        default=None,
         help=(
-            "runs created at once (default: 1, fastest on the embedded SQLite server; "
-            "raise it for a PostgreSQL server)"
+            "requests of up to 100 runs sent at once (default: 1, the fastest on the "
+            "embedded SQLite server; a PostgreSQL server may take more)"
         ),
     )
     _add_api_url(submit)
+    _add_read_only(submit)
     submit.set_defaults(parser=submit)
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel one queued run, or every queued run of a pool",
+        description=(
+            "Cancel runs that have not started: Scheduled, Late or Pending. A run that "
+            "started meanwhile is left running and reported."
+        ),
+    )
+    cancel.add_argument(
+        "run_id", nargs="?", type=_run_id, metavar="RUN_ID", help="the flow run to cancel"
+    )
+    cancel.add_argument("--queued", action="store_true", help="cancel every queued run of --pool")
+    cancel.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (needed with --queued when not on a terminal)",
+    )
+    _add_pool(cancel)
+    _add_api_url(cancel)
+    _add_read_only(cancel)
+    cancel.set_defaults(parser=cancel)
 
     limit = commands.add_parser(
         "limit",
@@ -224,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "change", help="a whole number 0-10000, +N, -N, `pause` or `resume` (back to the old limit)"
     )
     _add_api_url(limit)
+    _add_read_only(limit)
     limit.set_defaults(parser=limit)
 
     status = commands.add_parser("status", help="print the board's state once and exit")
@@ -237,11 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from gpuboard.core.config import ConfigError, read_only_from_env
+
+    try:
+        args.read_only = bool(getattr(args, "read_only", False)) or read_only_from_env()
+    except ConfigError as exc:
+        args.parser.error(str(exc))
     handlers: dict[str | None, Callable[[argparse.Namespace], int]] = {
         None: _dashboard,
         "up": _up,
         "worker": _worker,
         "submit": _submit,
+        "cancel": _cancel,
         "status": _status,
         "limit": _limit,
     }
@@ -263,10 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected failures (server down, no project, deploy error) end with one clear
         # line; a traceback would bury it.
         from gpuboard.core.config import ConfigError
+        from gpuboard.core.limit_actions import ReadOnlyError
         from gpuboard.core.prefect.deploy import DeployError
         from gpuboard.core.prefect.runs import DeploymentMissing
         from gpuboard.core.stack import StackError
 
+        if isinstance(exc, ReadOnlyError):
+            # Nothing was sent: the core refuses before its first request.
+            _err(f"gpuboard: read-only: refused: {exc}")
+            return EXIT_FAILED
         known = (ConfigError, DeployError, DeploymentMissing, StackError, OSError)
         if _is_unreachable(exc):
             _err(f"gpuboard: error: cannot reach the Prefect API at {_api_url(args)}: {exc}")
@@ -298,7 +395,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             raise
         _err("the dashboard is not available yet: showing `gpuboard status` instead")
         return _status(argparse.Namespace(json=False, pool=args.pool, api_url=args.api_url))
-    return run_dashboard(args.pool, args.refresh, _api_url(args))
+    return run_dashboard(args.pool, args.refresh, _api_url(args), read_only=args.read_only)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -323,6 +420,7 @@ def _up(args: argparse.Namespace) -> int:
         api_url=_api_url(args),
     )
     refresh: float = args.refresh
+    read_only: bool = args.read_only
 
     def headless(stack: Stack) -> int:
         return print_status_lines(stack, refresh, log=_say)
@@ -335,7 +433,7 @@ def _up(args: argparse.Namespace) -> int:
                 raise
             _say("the dashboard is not available yet: printing status lines instead")
             return headless(stack)
-        return run_dashboard(options.pool, refresh, options.api_url)
+        return run_dashboard(options.pool, refresh, options.api_url, read_only=read_only)
 
     return run_stack(options, headless if args.headless else dashboard, log=_say)
 
@@ -363,43 +461,119 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from gpuboard.cli_progress import ProgressLine
     from gpuboard.core.batch import (
         BatchInputError,
         BatchProgress,
         format_report,
         submit_batch,
         validate_source,
+        validate_tags,
     )
-    from gpuboard.core.id_ranges import IdRangeError, ids_from_start
+    from gpuboard.core.id_ranges import IdRangeError, ids_from_start, parse_id_ranges
 
     try:
-        image_ids = ids_from_start(args.start, args.count)
+        image_ids = _submit_ids(args, parse_id_ranges, ids_from_start)
         source = validate_source(args.source)
+        tags = validate_tags(args.tags)
     except (IdRangeError, BatchInputError) as exc:
         raise _UsageError(str(exc)) from None
     api_url = _api_url(args)
-    step = max(1, len(image_ids) // 10)
+    line = ProgressLine()
 
     def progress(p: BatchProgress) -> None:
-        if p.done % step == 0 or p.done == p.total or p.last.status == "failed":
-            _err(
-                f"  {p.done}/{p.total}: {p.created} created, {p.existing} existing, "
-                f"{p.failed} failed"
-            )
+        detail = f"created {p.created}, existing {p.existing}, failed {p.failed}"
+        line.update(p.done, p.total, detail)
 
-    _err(f"submitting {len(image_ids)} runs to {api_url} ...")
-    report = asyncio.run(
-        submit_batch(
-            image_ids,
-            source=source,
-            batch=args.batch,
-            api_url=api_url,
-            concurrency=args.concurrency,
-            on_progress=progress,
+    options = {} if args.concurrency is None else {"concurrency": args.concurrency}
+    if not args.read_only:
+        _err(f"submitting {len(image_ids)} runs to {api_url} ...")
+    try:
+        report = asyncio.run(
+            submit_batch(
+                image_ids,
+                source=source,
+                batch=args.batch,
+                api_url=api_url,
+                on_progress=progress,
+                tags=tags,
+                deployment=args.deployment,
+                read_only=args.read_only,
+                **options,
+            )
         )
-    )
+    finally:
+        line.close()
     print(format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _submit_ids(
+    args: argparse.Namespace,
+    parse_id_ranges: Callable[[str], list[int]],
+    ids_from_start: Callable[[int, int], list[int]],
+) -> list[int]:
+    """The ids asked for: --ids, or --count from --start; exactly one of the two ways."""
+    if args.ids is not None:
+        if args.count is not None or args.start is not None:
+            raise _UsageError("give either --ids or --count/--start, not both")
+        return parse_id_ranges(args.ids)
+    if args.count is None:
+        raise _UsageError("say which ids: --count N [--start K], or --ids 1-20,40")
+    return ids_from_start(1 if args.start is None else args.start, args.count)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from gpuboard.cli_progress import ProgressLine
+    from gpuboard.core.cancel import cancel_queued, cancel_run, cancel_runs, queued_run_ids
+
+    if (args.run_id is None) == (not args.queued):
+        raise _UsageError("give a RUN_ID, or --queued to cancel every queued run of --pool")
+    api_url = _api_url(args)
+    if args.run_id is not None:
+        outcome = asyncio.run(cancel_run(args.run_id, api_url=api_url, read_only=args.read_only))
+        name = f"{outcome.name} ({outcome.flow_run_id})" if outcome.name else str(args.run_id)
+        if outcome.status == "cancelled":
+            _say(f"cancelled {name}")
+            return EXIT_OK
+        _say(f"not cancelled: {name}: {outcome.reason}")
+        return EXIT_FAILED
+    if args.read_only:  # refused (and audited) before the queued runs are even read
+        asyncio.run(cancel_queued(args.pool, api_url=api_url, read_only=True))
+    run_ids = asyncio.run(queued_run_ids(args.pool, api_url=api_url))
+    if not run_ids:
+        _say(f"no queued runs in pool {args.pool}")
+        return EXIT_OK
+    question = f"cancel {len(run_ids)} queued run(s) of pool {args.pool}?"
+    if not args.yes:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            _err(f"gpuboard: not cancelled: {question} add --yes to confirm without a terminal")
+            return EXIT_USAGE
+        answer = input(f"{question} [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            _say("nothing cancelled")
+            return EXIT_OK
+    line = ProgressLine()
+    try:
+        outcomes = asyncio.run(
+            cancel_runs(
+                run_ids,
+                api_url=api_url,
+                target=f"pool {args.pool}",
+                on_progress=lambda done, total: line.update(done, total, "cancelled"),
+            )
+        )
+    finally:
+        line.close()
+    cancelled = [o for o in outcomes if o.status == "cancelled"]
+    started = [o for o in outcomes if o.status == "not-queued"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    _say(f"cancelled:      {len(cancelled)} of {len(run_ids)} queued runs of pool {args.pool}")
+    _say(f"started meanwhile (left running): {len(started)}")
+    _say(f"failed:         {len(failed)}")
+    for outcome in failed:
+        _say(f"  {outcome.name or outcome.flow_run_id}: {outcome.reason}")
+    return EXIT_OK if not failed else EXIT_FAILED
 
 
 def _limit(args: argparse.Namespace) -> int:
@@ -414,7 +588,10 @@ def _limit(args: argparse.Namespace) -> int:
 
     async def apply() -> str:
         async with async_client(_api_url(args)) as client:
-            return (await change_worker_limit(client, args.worker, change)).message
+            outcome = await change_worker_limit(
+                client, args.worker, change, read_only=args.read_only
+            )
+            return outcome.message
 
     try:
         _say(asyncio.run(apply()))

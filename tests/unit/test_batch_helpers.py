@@ -11,12 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuboard.core.batch import (
+    BatchInputError,
     BatchReport,
     RunOutcome,
+    batch_tag,
     batch_token,
     compact_ids,
     format_report,
     idempotency_key,
+    validate_tags,
 )
 from gpuboard.core.config import ConfigError
 from gpuboard.core.id_ranges import parse_id_ranges
@@ -34,6 +37,16 @@ def test_keys_tell_deployments_batches_and_ids_apart() -> None:
     long_name = "https://example.com/" + "x" * 200 + "/{image_id}.png"
     assert batch_token(long_name).startswith("sha256-") and len(batch_token(long_name)) < 40
     assert batch_token(long_name) != batch_token(long_name + "y")
+
+
+def test_tags_are_cleaned_and_gpuboards_own_refused() -> None:
+    assert validate_tags([" night ", "urgent", "night"]) == ("night", "urgent")
+    assert batch_tag("sample") == "batch:sample"
+    for bad, reason in [([""], "empty"), (["batch:x"], "gpuboard's own"), (["x" * 101], "longer")]:
+        with pytest.raises(BatchInputError, match=reason):
+            validate_tags(bad)
+    with pytest.raises(BatchInputError, match="at most 20"):
+        validate_tags([f"t{i}" for i in range(21)])
 
 
 @given(st.sets(st.integers(min_value=0, max_value=500), min_size=1))

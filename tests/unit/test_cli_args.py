@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gpuboard.cli import build_parser, main
@@ -10,7 +12,19 @@ from gpuboard.cli import build_parser, main
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["submit"], "--count"),
+        (["submit"], "--count N"),
+        (["submit", "--ids", "1-3", "--count", "3"], "not both"),
+        (["submit", "--ids", "1-3", "--start", "4"], "not both"),
+        (["submit", "--ids", "5-1"], "backwards"),
+        (["submit", "--ids", "1-3,x"], "not an id or a range"),
+        (["submit", "--ids", ""], "no ids given"),
+        (["submit", "--ids", "1-200000"], "more than 100000"),
+        (["submit", "--count", "100001"], "between 1 and 100000"),
+        (["submit", "--count", "3", "--tag", " "], "tag may not be empty"),
+        (["submit", "--count", "3", "--tag", "batch:x"], "gpuboard's own"),
+        (["cancel"], "RUN_ID"),
+        (["cancel", "not-a-uuid"], "not a flow run id"),
+        (["cancel", "--queued", "0b9c6f5e-1d2c-4c36-9a53-3f0b0e6f7a10"], "RUN_ID, or --queued"),
         (["submit", "--count", "0"], "between 1 and"),
         (["submit", "--count", "x"], "not a whole number"),
         (["submit", "--count", "3", "--start", "-1"], "0 or more"),
@@ -41,7 +55,7 @@ def test_help_names_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for command in ("up", "worker", "submit", "status"):
+    for command in ("up", "worker", "submit", "cancel", "limit", "status"):
         assert f"\n    {command} " in out
 
 
@@ -56,4 +70,42 @@ def test_defaults() -> None:
     args = build_parser().parse_args(["up"])
     assert (args.workers, args.gpu_slots, args.runs, args.pool) == (2, 2, 10, "ml-pool")
     args = build_parser().parse_args(["submit", "--count", "5"])
-    assert (args.start, args.source, args.batch, args.concurrency) == (1, "sample", None, 1)
+    assert (args.start, args.source, args.batch, args.concurrency) == (None, "sample", None, None)
+    assert (args.ids, args.tags, args.read_only) == (None, [], False)
+    args = build_parser().parse_args(["submit", "--ids", "1-3", "--tag", "a", "--tag", "b"])
+    assert (args.ids, args.tags) == ("1-3", ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--read-only", "submit", "--count", "2"],
+        ["submit", "--count", "2", "--read-only"],
+        ["--read-only", "cancel", "--queued", "--yes"],
+        ["cancel", "0b9c6f5e-1d2c-4c36-9a53-3f0b0e6f7a10", "--read-only"],
+        ["--read-only", "limit", "gpu-1", "+1"],
+    ],
+)
+def test_read_only_refuses_every_write_without_reaching_a_server(
+    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Port 9 (discard) has no Prefect API: had anything been sent, the error would differ.
+    code = main([*argv, "--api-url", "http://127.0.0.1:9/api"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "read-only: refused" in err and "cannot reach" not in err
+    audit = (tmp_path / "gpuboard-home" / "audit.log").read_text()
+    assert '"result": "refused: read-only"' in audit
+
+
+def test_read_only_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GPUBOARD_READ_ONLY", "1")
+    assert main(["submit", "--count", "2", "--api-url", "http://127.0.0.1:9/api"]) == 1
+    assert "read-only: refused" in capsys.readouterr().err
+    monkeypatch.setenv("GPUBOARD_READ_ONLY", "perhaps")
+    with pytest.raises(SystemExit) as exited:
+        main(["submit", "--count", "2"])
+    assert exited.value.code == 2
+    assert "GPUBOARD_READ_ONLY" in capsys.readouterr().err

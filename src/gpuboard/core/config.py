@@ -56,3 +56,21 @@ def configured_api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
     return (PREFECT_API_URL.value() or EMBEDDED_API_URL).rstrip("/")
+
+
+READ_ONLY_ENV = "GPUBOARD_READ_ONLY"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def read_only_from_env() -> bool:
+    """Whether `GPUBOARD_READ_ONLY` asks for read-only mode; ConfigError on a value that is
+    neither yes nor no, rather than a guess either way."""
+    value = os.environ.get(READ_ONLY_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(
+        f"{READ_ONLY_ENV}={value!r} is neither on nor off: use 1/true/yes or 0/false/no"
+    )
