@@ -270,7 +270,10 @@ async def test_help_screen_and_command_palette(fleet: Fleet) -> None:
         titles = [command.title for command in app.get_system_commands(app.screen)]
         assert "Refresh" in titles and "Help" in titles and "Quit" in titles
         shown = await until_footer(pilot, app)
-        assert {"q", "r", "?"} <= shown
+        assert {"q", "?", "+", "-", "=", "n", "b", "c", "C"} <= shown
+        # Every key the footer has no room for is in the help.
+        keys = {key for key, _ in app.key_help()}
+        assert {"r", "+", "-", "=", "n", "b", "c", "C", "ctrl+p"} <= keys
 
 
 async def until_footer(pilot: Pilot[int], app: GpuBoardApp) -> set[str]:

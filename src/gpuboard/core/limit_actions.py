@@ -8,9 +8,9 @@ from prefect.client.orchestration import PrefectClient
 
 from gpuboard.core.audit import record_action
 from gpuboard.core.config import gcl_name
-from gpuboard.core.limits import LimitChange, LimitInputError
+from gpuboard.core.limits import LimitChange, LimitInputError, validate_limit
 from gpuboard.core.models import GclState
-from gpuboard.core.prefect.gcl import read_gcl, set_gcl_limit
+from gpuboard.core.prefect.gcl import ensure_gcl, read_gcl, set_gcl_limit
 from gpuboard.core.prefect.pause_memory import (
     forget_pause,
     limit_before_pause,
@@ -85,3 +85,28 @@ async def change_worker_limit(
         await forget_pause(client, name)
     record_action(action, name, before=current.limit, after=after.limit)
     return LimitOutcome(worker, current.limit, after, _consequence(current, new_limit))
+
+
+async def create_worker_gcl(
+    client: PrefectClient, worker: str, limit: int, *, read_only: bool = False
+) -> GclState:
+    """Create GCL `gpu:<worker>` with `limit` for a worker that has none; audited.
+
+    An existing GCL is left as it is (LimitInputError says so): changing it is a limit
+    change, with its own consequences shown to the operator.
+    """
+    name = gcl_name(worker)
+    if read_only:
+        record_action("gcl.create", name, result="refused: read-only")
+        raise ReadOnlyError("gpuboard runs read-only: limits cannot be created")
+    validate_limit(limit)
+    try:
+        state, created = await ensure_gcl(client, name, limit)
+    except Exception as exc:
+        record_action("gcl.create", name, after=limit, result=f"error: {exc}")
+        raise
+    if not created:
+        record_action("gcl.create", name, before=state.limit, result="refused: exists")
+        raise LimitInputError(f"{name} exists already (limit {state.limit}): change it instead")
+    record_action("gcl.create", name, after=state.limit)
+    return state

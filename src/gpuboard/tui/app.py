@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -17,10 +19,15 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from gpuboard.core.board_source import SnapshotSource
-from gpuboard.core.models import Snapshot, SourceError
+from gpuboard.core.config import DEPLOYMENT_FULL_NAME
+from gpuboard.core.models import RunView, Snapshot, SourceError
 from gpuboard.tui.history import History
 from gpuboard.tui.messages import SnapshotReady
+from gpuboard.tui.screens.batch_dialog import BatchDialog
+from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 from gpuboard.tui.screens.help import HelpScreen
+from gpuboard.tui.screens.number_dialog import LimitDialog
+from gpuboard.tui.screens.run_picker import QueuedRunPicker
 from gpuboard.tui.widgets.banner import Banner
 from gpuboard.tui.widgets.gpu_panel import GpuPanel, memory_key
 from gpuboard.tui.widgets.runs_panel import RunsPanel
@@ -37,7 +44,10 @@ class GpuBoardApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012 (typed by Textual)
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave the board"),
-        Binding("r", "refresh_now", "Refresh", id="refresh", tooltip="Read every source now"),
+        # Not in the footer (80 columns are scarce): `?` and the palette list it.
+        Binding(
+            "r", "refresh_now", "Refresh", id="refresh", tooltip="Read every source now", show=False
+        ),
         Binding(
             "question_mark",
             "help",
@@ -46,7 +56,66 @@ class GpuBoardApp(App[int]):
             id="help",
             tooltip="Keys and what each column means",
         ),
+        Binding(
+            "plus",
+            "raise_limit",
+            "Raise",
+            key_display="+",
+            id="raise",
+            tooltip="Raise the selected worker's GPU limit by one",
+        ),
+        Binding(
+            "minus",
+            "lower_limit",
+            "Lower",
+            key_display="-",
+            id="lower",
+            tooltip="Lower the selected worker's GPU limit by one (0 pauses)",
+        ),
+        Binding(
+            "equals_sign",
+            "set_limit",
+            "Limit",
+            key_display="=",
+            id="set-limit",
+            tooltip="Set the selected worker's GPU limit to an exact value",
+        ),
+        Binding(
+            "n",
+            "new_limit",
+            "New GCL",
+            id="new-limit",
+            tooltip="Give the selected worker without a GPU limit one",
+        ),
+        Binding("b", "batch", "Batch", id="batch", tooltip="Submit a batch of process-image runs"),
+        Binding(
+            "c",
+            "cancel_run",
+            "Cancel",
+            id="cancel-run",
+            tooltip="Pick one of the queued runs shown and cancel it",
+        ),
+        Binding(
+            "C",
+            "cancel_queued",
+            "Cancel all",
+            key_display="C",
+            id="cancel-queued",
+            tooltip="Cancel every queued run of the pool (asks first, with the number)",
+        ),
     ]
+    # The actions that change the server: disabled (greyed in the footer) when read-only.
+    WRITE_ACTIONS = frozenset(
+        {
+            "raise_limit",
+            "lower_limit",
+            "set_limit",
+            "new_limit",
+            "batch",
+            "cancel_run",
+            "cancel_queued",
+        }
+    )
 
     def __init__(
         self,
@@ -56,8 +125,17 @@ class GpuBoardApp(App[int]):
         api_url: str,
         refresh: float = 1.0,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+        deployment: str = DEPLOYMENT_FULL_NAME,
     ) -> None:
         super().__init__()
+        self.read_only = read_only
+        self.deployment = deployment
+        # Limits shown before the server confirms them: worker -> (limit, confirmed at).
+        # A change in flight has `inf`; once written, the next snapshot read after that
+        # moment replaces the optimistic value with the server's.
+        self.limit_overrides: dict[str, tuple[int, float]] = {}
+        self._limit_lock = asyncio.Lock()
         self.source = source
         self.pool = pool
         self.api_url = api_url
@@ -76,7 +154,7 @@ class GpuBoardApp(App[int]):
         with Container(id="lower"):
             yield GpuPanel(id="gpus")
             yield RunsPanel(id="runs")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#workers-panel").border_title = "Workers"
@@ -117,8 +195,14 @@ class GpuBoardApp(App[int]):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = snapshot = message.snapshot
         self._remember(snapshot)
+        if not snapshot.stale:
+            self.limit_overrides = {
+                worker: (limit, confirmed)
+                for worker, (limit, confirmed) in self.limit_overrides.items()
+                if confirmed >= snapshot.taken_at
+            }
         try:
-            self._show(snapshot)
+            self._show(self._with_overrides(snapshot))
         except NoMatches:
             # A read that ends while the board closes finds its widgets already removed.
             if self.is_running:
@@ -170,6 +254,251 @@ class GpuBoardApp(App[int]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.key_help()))
 
+    # -- operator actions: every one refused in read-only mode ------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # None disables the binding: the footer shows it greyed, the key does nothing.
+        if self.read_only and action in self.WRITE_ACTIONS:
+            return None
+        return True
+
+    def _refuse_read_only(self, what: str) -> None:
+        self.notify(f"read-only: {what} is disabled on this board", severity="warning")
+
+    def _selected_worker(self) -> str | None:
+        worker = self.query_one(WorkersTable).selected_worker
+        if worker is None:
+            self.notify("no worker selected", severity="warning")
+        return worker
+
+    def _shown_limit(self, worker: str) -> int | None:
+        """The worker's limit as the board shows it (a pending change included)."""
+        if worker in self.limit_overrides:
+            return self.limit_overrides[worker][0]
+        view = (
+            next((w for w in self.snapshot.workers if w.name == worker), None)
+            if (self.snapshot)
+            else None
+        )
+        if view is None or view.gcl is None or not view.gcl.active:
+            return None
+        return view.gcl.limit
+
+    def action_raise_limit(self) -> None:
+        self._step_limit(+1)
+
+    def action_lower_limit(self) -> None:
+        self._step_limit(-1)
+
+    def _step_limit(self, delta: int) -> None:
+        worker = self._selected_worker()
+        if worker is None:
+            return
+        current = self._shown_limit(worker)
+        if current is None:
+            self.notify(
+                f"{worker} has no active GPU limit: press n to create one", severity="warning"
+            )
+            return
+        target = current + delta
+        if target < 0:
+            self.notify(f"{worker} is paused already (limit 0)", severity="warning")
+            return
+        self._set_limit(worker, target)
+
+    def action_set_limit(self) -> None:
+        worker = self._selected_worker()
+        if worker is None:
+            return
+        current = self._shown_limit(worker)
+        if current is None:
+            self.notify(
+                f"{worker} has no active GPU limit: press n to create one", severity="warning"
+            )
+            return
+
+        def chosen(value: int | None) -> None:
+            if value is not None and value != current:
+                self._set_limit(worker, value)
+
+        self.push_screen(LimitDialog(f"GPU limit of {worker}", current), chosen)
+
+    def _set_limit(self, worker: str, target: int) -> None:
+        from gpuboard.core.limits import LimitInputError, validate_limit
+
+        try:
+            validate_limit(target)
+        except LimitInputError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.limit_overrides[worker] = (target, math.inf)
+        self._redraw()
+        self._write_limit(worker, target)
+
+    @work(group="limits", exit_on_error=False)
+    async def _write_limit(self, worker: str, target: int) -> None:
+        from gpuboard.core.limit_actions import change_worker_limit
+        from gpuboard.core.limits import LimitChange
+        from gpuboard.core.prefect.client import async_client
+
+        async with self._limit_lock:  # presses apply in order, each on the last one's result
+            try:
+                async with async_client(self.api_url) as client:
+                    outcome = await change_worker_limit(
+                        client, worker, LimitChange("set", target), read_only=self.read_only
+                    )
+            except Exception as exc:
+                if self.limit_overrides.get(worker, (None,))[0] == target:
+                    self.limit_overrides.pop(worker, None)
+                self._redraw()
+                self.notify(
+                    f"{worker}: limit not changed: {_reason(exc)}", severity="error", timeout=8
+                )
+                return
+        if self.limit_overrides.get(worker, (None,))[0] == target:
+            self.limit_overrides[worker] = (target, self.clock())
+        self.notify(outcome.message)
+        self.poll()
+
+    def _redraw(self) -> None:
+        if self.snapshot is not None:
+            self._show(self._with_overrides(self.snapshot))
+
+    def _with_overrides(self, snapshot: Snapshot) -> Snapshot:
+        if not self.limit_overrides:
+            return snapshot
+        workers = tuple(
+            dataclasses.replace(
+                w, gcl=dataclasses.replace(w.gcl, limit=self.limit_overrides[w.name][0])
+            )
+            if w.gcl is not None and w.name in self.limit_overrides
+            else w
+            for w in snapshot.workers
+        )
+        return dataclasses.replace(snapshot, workers=workers)
+
+    def action_new_limit(self) -> None:
+        worker = self._selected_worker()
+        if worker is None:
+            return
+        view = (
+            next((w for w in self.snapshot.workers if w.name == worker), None)
+            if (self.snapshot)
+            else None
+        )
+        if view is not None and view.gcl is not None:
+            self.notify(f"{worker} has a GPU limit already: use + - =", severity="warning")
+            return
+
+        def chosen(value: int | None) -> None:
+            if value is not None:
+                self._create_limit(worker, value)
+
+        self.push_screen(
+            LimitDialog(
+                f"New GPU limit for {worker}",
+                1,
+                hint="How many inferences may run on its GPU at once",
+            ),
+            chosen,
+        )
+
+    @work(group="limits", exit_on_error=False)
+    async def _create_limit(self, worker: str, limit: int) -> None:
+        from gpuboard.core.limit_actions import create_worker_gcl
+        from gpuboard.core.prefect.client import async_client
+
+        try:
+            async with async_client(self.api_url) as client:
+                state = await create_worker_gcl(client, worker, limit, read_only=self.read_only)
+        except Exception as exc:
+            self.notify(f"{worker}: no GCL created: {_reason(exc)}", severity="error", timeout=8)
+            return
+        self.notify(f"{state.name} created with limit {state.limit}")
+        self.poll()
+
+    def action_batch(self) -> None:
+        def done(report: object) -> None:
+            if report is not None:
+                self.poll()
+
+        self.push_screen(
+            BatchDialog(api_url=self.api_url, deployment=self.deployment, read_only=self.read_only),
+            done,
+        )
+
+    def action_cancel_run(self) -> None:
+        queued = self.snapshot.next_queued if self.snapshot else ()
+        if not queued:
+            self.notify("no queued run to cancel", severity="warning")
+            return
+
+        def picked(run: RunView | None) -> None:
+            if run is None:
+                return
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._cancel_one(run)
+
+            self.push_screen(ConfirmDialog(f"Cancel {run.name} (image {run.image_id})?"), confirmed)
+
+        self.push_screen(QueuedRunPicker(queued), picked)
+
+    @work(group="cancel", exit_on_error=False)
+    async def _cancel_one(self, run: RunView) -> None:
+        from uuid import UUID
+
+        from gpuboard.core.cancel import cancel_run
+
+        try:
+            outcome = await cancel_run(UUID(run.id), api_url=self.api_url, read_only=self.read_only)
+        except Exception as exc:
+            self.notify(f"{run.name} not cancelled: {_reason(exc)}", severity="error", timeout=8)
+            return
+        if outcome.status == "cancelled":
+            self.notify(f"{run.name} cancelled")
+        else:
+            self.notify(f"{run.name} not cancelled: {outcome.reason}", severity="warning")
+        self.poll()
+
+    def action_cancel_queued(self) -> None:
+        self._ask_cancel_queued()
+
+    @work(group="cancel", exit_on_error=False)
+    async def _ask_cancel_queued(self) -> None:
+        from gpuboard.core.cancel import cancel_runs, queued_run_ids
+
+        try:
+            run_ids = await queued_run_ids(self.pool, api_url=self.api_url)
+        except Exception as exc:
+            self.notify(f"cannot read the queued runs: {_reason(exc)}", severity="error")
+            return
+        if not run_ids:
+            self.notify(f"no queued run in pool {self.pool}")
+            return
+        question = f"Cancel all {len(run_ids)} queued runs of pool {self.pool}?"
+        if not await self.push_screen_wait(ConfirmDialog(question)):
+            return
+        try:
+            # Exactly the runs counted in the question: runs queued since are not touched.
+            outcomes = await cancel_runs(
+                run_ids, api_url=self.api_url, target=f"pool {self.pool}", read_only=self.read_only
+            )
+        except Exception as exc:
+            self.notify(f"cancelling failed: {_reason(exc)}", severity="error", timeout=8)
+            return
+        cancelled = sum(o.status == "cancelled" for o in outcomes)
+        started = sum(o.status == "not-queued" for o in outcomes)
+        failed = sum(o.status == "failed" for o in outcomes)
+        self.notify(
+            f"cancelled {cancelled} of {len(run_ids)}"
+            + (f"; {started} had started and keep running" if started else "")
+            + (f"; {failed} failed" if failed else ""),
+            severity="error" if failed else "information",
+        )
+        self.poll()
+
     def key_help(self) -> list[tuple[str, str]]:
         """(key, description) of every binding the board offers, for the help screen."""
         keys = [("ctrl+p", "Command palette: every action by name")]
@@ -186,7 +515,9 @@ class GpuBoardApp(App[int]):
                 yield SystemCommand(
                     binding.description,
                     binding.tooltip or binding.description,
-                    partial(self.run_action, binding.action),
+                    partial(self._refuse_read_only, binding.description)
+                    if self.read_only and binding.action in self.WRITE_ACTIONS
+                    else partial(self.run_action, binding.action),
                 )
         yield from super().get_system_commands(screen)
 
@@ -198,7 +529,7 @@ class GpuBoardApp(App[int]):
         return found
 
 
-def run_dashboard(pool: str, refresh: float, api_url: str | None) -> int:
+def run_dashboard(pool: str, refresh: float, api_url: str | None, read_only: bool = False) -> int:
     """Open the board on `pool` (the entry point of a bare `gpuboard`); returns the exit status."""
     from gpuboard.core.board_source import BoardSource
     from gpuboard.core.config import configured_api_url
@@ -206,7 +537,24 @@ def run_dashboard(pool: str, refresh: float, api_url: str | None) -> int:
 
     url = (api_url or configured_api_url()).rstrip("/")
     app = GpuBoardApp(
-        BoardSource(pool, url, nvml=NvmlSource()), pool=pool, api_url=url, refresh=refresh
+        BoardSource(pool, url, nvml=NvmlSource()),
+        pool=pool,
+        api_url=url,
+        refresh=refresh,
+        read_only=read_only,
     )
     result = app.run()
     return result if isinstance(result, int) else (app.return_code or 0)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as the operator should read it: the server's detail when there is one."""
+    response = getattr(exc, "response", None)
+    if response is not None:
+        try:
+            detail = response.json().get("detail")
+        except Exception:
+            detail = None
+        if detail:
+            return f"{detail} (HTTP {response.status_code})"
+    return str(exc) or type(exc).__name__
