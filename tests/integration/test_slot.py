@@ -28,7 +28,14 @@ from gpuboard.core.local_server import LocalServer
 from gpuboard.core.models import GclState
 from gpuboard.core.prefect.client import sync_client
 from gpuboard.core.prefect.slots import read_gcl_now
-from gpuboard.core.slot import GpuSlotError, SlotGrant, gpu_slot
+from gpuboard.core.slot import (
+    HANDOFF_FIRST_S,
+    HANDOFF_MAX_S,
+    GpuSlotError,
+    SlotGrant,
+    gpu_slot,
+    handoff_delay,
+)
 
 FAST_POLL = 0.2  # poll a paused GCL faster than the 1 s default to keep tests short
 
@@ -222,3 +229,55 @@ def test_the_task_run_is_recorded_as_holder(prefect_server: LocalServer) -> None
 
     task_run_id, holders = holds()
     assert {"type": "task_run", "id": task_run_id} in holders
+
+
+def test_a_waiter_on_a_full_gcl_follows_a_pause_and_a_resume(prefect_server: LocalServer) -> None:
+    # The waiter is refused (423, full) and asks again by itself; when the operator pauses
+    # the GCL meanwhile it waits as paused, and takes the slot once the GCL is raised.
+    worker = new_worker(limit=1)
+    with gpu_slot(worker, poll_s=FAST_POLL):
+        waiter = SlotThread(worker)
+        waiter.start()
+        time.sleep(0.6)  # refused at least once while full
+        assert waiter.grant is None
+        update_gcl(worker, limit=0)
+    # Leaving the slot at limit 0 does not fail the work (Prefect cannot release it then:
+    # the slot stays counted until its lease expires, see gpu_slot).
+    time.sleep(0.6)
+    assert waiter.grant is None and waiter.error is None  # paused: it waits, not fails
+    update_gcl(worker, limit=2)  # room beside the slot still counted
+    waiter.join(timeout=20)
+    assert waiter.error is None and waiter.grant is not None
+
+
+def test_pausing_while_a_slot_is_held_lets_the_work_finish(
+    prefect_server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = new_worker(limit=1)
+    finished = False
+    with caplog.at_level(logging.WARNING), gpu_slot(worker, poll_s=FAST_POLL):
+        update_gcl(worker, limit=0)
+        finished = True
+    assert finished
+    assert "paused while held" in caplog.text
+
+
+def test_a_waiter_on_a_full_gcl_fails_when_the_gcl_is_deleted(
+    prefect_server: LocalServer,
+) -> None:
+    worker = new_worker(limit=1)
+    with gpu_slot(worker, poll_s=FAST_POLL):
+        waiter = SlotThread(worker)
+        waiter.start()
+        time.sleep(0.6)
+        with sync_client() as client:
+            client.delete_global_concurrency_limit_by_name(gcl_name(worker))
+        waiter.join(timeout=20)
+    assert isinstance(waiter.error, GpuSlotError) and "does not exist" in str(waiter.error)
+
+
+def test_handoff_delay_grows_to_a_bound_with_jitter() -> None:
+    low = [handoff_delay(n, jitter=lambda: 0.0) for n in range(12)]
+    high = [handoff_delay(n, jitter=lambda: 1.0) for n in range(12)]
+    assert low == sorted(low) and low[0] == HANDOFF_FIRST_S * 0.75
+    assert max(high) == HANDOFF_MAX_S * 1.25  # a waiter asks at least every 1.25 s

@@ -33,6 +33,7 @@ def recorded_concurrency(
     strict: bool,
     holder: ConcurrencyLeaseHolder | None,
     raise_on_lease_renewal_failure: bool | None = None,
+    max_retries: int | None = None,
 ) -> Iterator[UUID | None]:
     """Hold `occupy` slots of GCL `name` like `concurrency()`; yields the lease id.
 
@@ -56,6 +57,7 @@ def recorded_concurrency(
                 strict=strict,
                 holder=holder,
                 raise_on_lease_renewal_failure=raise_on_lease_renewal_failure,
+                max_retries=max_retries,  # 0: a full GCL raises at once (423) instead of waiting
             ),
         ):
             lease_id = granted.cleanup_lease_ids[-1] if granted.cleanup_lease_ids else None
