@@ -82,28 +82,33 @@ class BatchDialog(ModalScreen[BatchReport | None]):
             yield Label(f"Submit a batch of {self.deployment} runs", classes="dialog-title")
             with Horizontal(classes="dialog-row"):
                 yield Label("count", classes="field-label")
-                yield Input("20", id="count")
+                yield Input("20", id="count", compact=True)
                 yield Label("start id", classes="field-label")
-                yield Input("1", id="start")
+                yield Input("1", id="start", compact=True)
             with Horizontal(classes="dialog-row"):
                 yield Label("or ids", classes="field-label")
-                yield Input(placeholder="1-20,40,45-50 (instead of count/start)", id="ids")
+                yield Input(
+                    placeholder="1-20,40,45-50 (instead of count/start)", id="ids", compact=True
+                )
             with Horizontal(classes="dialog-row"):
                 yield Label("source", classes="field-label")
                 yield Input(
-                    SAMPLE, placeholder="sample or file:///data/{image_id}.png", id="source"
+                    SAMPLE,
+                    placeholder="sample or file:///data/{image_id}.png",
+                    id="source",
+                    compact=True,
                 )
             with Horizontal(classes="dialog-row"):
                 yield Label("tags", classes="field-label")
-                yield Input(placeholder="optional, comma-separated", id="tags")
+                yield Input(placeholder="optional, comma-separated", id="tags", compact=True)
                 yield Label("batch", classes="field-label")
-                yield Input(placeholder="default: the source", id="batch")
+                yield Input(placeholder="default: the source", id="batch", compact=True)
             yield Label("", id="preview")
             yield ProgressBar(total=None, show_eta=False, id="progress")
             yield Label("", id="report")
             with Horizontal(classes="dialog-row"):
-                yield Button("Submit", variant="primary", id="submit")
-                yield Button("Close", id="close")
+                yield Button("Submit", variant="primary", id="submit", compact=True)
+                yield Button("Close", id="close", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#progress").display = False

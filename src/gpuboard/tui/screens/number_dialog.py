@@ -41,7 +41,7 @@ class LimitDialog(ModalScreen[int | None]):
             yield Label(self.title_text, classes="dialog-title")
             if self.hint:
                 yield Label(self.hint, classes="dialog-hint")
-            yield Input(self.initial, placeholder="0–10000 (0 pauses)", id="limit")
+            yield Input(self.initial, placeholder="0–10000 (0 pauses)", id="limit", compact=True)
             yield Label("Enter applies · Escape cancels", id="reason", classes="dialog-hint")
 
     def on_mount(self) -> None:
