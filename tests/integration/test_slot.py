@@ -281,3 +281,28 @@ def test_handoff_delay_grows_to_a_bound_with_jitter() -> None:
     high = [handoff_delay(n, jitter=lambda: 1.0) for n in range(12)]
     assert low == sorted(low) and low[0] == HANDOFF_FIRST_S * 0.75
     assert max(high) == HANDOFF_MAX_S * 1.25  # a waiter asks at least every 1.25 s
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_a_waiter_takes_a_released_slot_and_the_server_counts_it(
+    prefect_server: LocalServer, limit: int
+) -> None:
+    # Every slot is held; the waiter is refused (423) and asks again by itself. When one
+    # holder leaves, the waiter gets that slot: the server counts `limit` slots again
+    # while the waiter holds, and none once everyone is done.
+    worker = new_worker(limit=limit)
+    holders = [gpu_slot(worker, poll_s=FAST_POLL) for _ in range(limit)]
+    for holder in holders:
+        holder.__enter__()
+    waiter = SlotThread(worker, hold_s=3.0)
+    waiter.start()
+    time.sleep(0.6)  # refused at least once while full
+    assert waiter.interval is None and waiter.error is None
+    assert gcl(worker).active_slots == limit
+    holders[0].__exit__(None, None, None)
+    assert wait_for(lambda: waiter.is_alive() and gcl(worker).active_slots == limit, 10)
+    for holder in holders[1:]:
+        holder.__exit__(None, None, None)
+    waiter.join(timeout=20)
+    assert waiter.error is None and waiter.grant is not None
+    assert gcl(worker).active_slots == 0
