@@ -368,6 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _is_unreachable(exc):
             _err(f"gpuboard: error: cannot reach the Prefect API at {_api_url(args)}: {exc}")
             return EXIT_FAILED
+        from gpuboard.core.prefect.auth_errors import unauthorized_message
+
+        unauthorized = unauthorized_message(exc)
+        if unauthorized is not None:
+            _err(f"gpuboard: {unauthorized}")
+            return EXIT_FAILED
         if isinstance(exc, known) or _is_http_error(exc):
             _err(f"gpuboard: error: {exc}")
             return EXIT_FAILED

@@ -549,6 +549,11 @@ def run_dashboard(pool: str, refresh: float, api_url: str | None, read_only: boo
 
 def _reason(exc: BaseException) -> str:
     """An error as the operator should read it: the server's detail when there is one."""
+    from gpuboard.core.prefect.auth_errors import unauthorized_message
+
+    unauthorized = unauthorized_message(exc)
+    if unauthorized is not None:
+        return unauthorized
     response = getattr(exc, "response", None)
     if response is not None:
         try:

@@ -18,6 +18,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings
 
 from gpuboard.core.models import SourceError
+from gpuboard.core.prefect.auth_errors import unauthorized_message
 
 
 class RequestCounter:
@@ -71,6 +72,9 @@ def describe_failure(exc: BaseException, source: str = "prefect") -> SourceError
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         return SourceError(source, f"connection to the Prefect API lost ({exc})", "unreachable")
     if isinstance(exc, (PrefectHTTPStatusError, httpx.HTTPStatusError)):
+        unauthorized = unauthorized_message(exc)
+        if unauthorized is not None:
+            return SourceError(source, unauthorized)
         response = exc.response
         detail = " ".join(response.text[:200].split())
         return SourceError(source, f"Prefect API answered {response.status_code}: {detail}")
