@@ -290,16 +290,24 @@ class GpuBoardApp(App[int]):
     def action_lower_limit(self) -> None:
         self._step_limit(-1)
 
-    def _step_limit(self, delta: int) -> None:
+    def _limit_target(self) -> tuple[str, int] | None:
+        """The selected worker and its limit as shown, or None (the operator is told why)."""
         worker = self._selected_worker()
         if worker is None:
-            return
+            return None
         current = self._shown_limit(worker)
         if current is None:
             self.notify(
                 f"{worker} has no active GPU limit: press n to create one", severity="warning"
             )
+            return None
+        return worker, current
+
+    def _step_limit(self, delta: int) -> None:
+        selected = self._limit_target()
+        if selected is None:
             return
+        worker, current = selected
         target = current + delta
         if target < 0:
             self.notify(f"{worker} is paused already (limit 0)", severity="warning")
@@ -307,15 +315,10 @@ class GpuBoardApp(App[int]):
         self._set_limit(worker, target)
 
     def action_set_limit(self) -> None:
-        worker = self._selected_worker()
-        if worker is None:
+        selected = self._limit_target()
+        if selected is None:
             return
-        current = self._shown_limit(worker)
-        if current is None:
-            self.notify(
-                f"{worker} has no active GPU limit: press n to create one", severity="warning"
-            )
-            return
+        worker, current = selected
 
         def chosen(value: int | None) -> None:
             if value is not None and value != current:
