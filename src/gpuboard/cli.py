@@ -110,6 +110,15 @@ def _tag(text: str) -> str:
     return tag
 
 
+def _worker_id(text: str) -> str:
+    from gpuboard.core.config import ConfigError, validate_worker_id
+
+    try:
+        return validate_worker_id(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run_id(text: str) -> UUID:
     try:
         return UUID(text.strip())
@@ -193,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
             "flow runs take the GPU slot gpu:<id>."
         ),
     )
-    worker.add_argument("--id", required=True, help="worker id, e.g. gpu-1")
+    worker.add_argument("--id", required=True, type=_worker_id, help="worker id, e.g. gpu-1")
     worker.add_argument(
         "--runs",
         type=_positive(MAX_RUNS_PER_WORKER),
@@ -303,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
             "running inferences finish, waiting ones wait (they do not fail)."
         ),
     )
-    limit.add_argument("worker", help="worker id, e.g. gpu-1")
+    limit.add_argument("worker", type=_worker_id, help="worker id, e.g. gpu-1")
     limit.add_argument(
         "change", help="a whole number 0-10000, +N, -N, `pause` or `resume` (back to the old limit)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DEFAULT_POOL = "ml-pool"
@@ -74,3 +75,18 @@ def read_only_from_env() -> bool:
     raise ConfigError(
         f"{READ_ONLY_ENV}={value!r} is neither on nor off: use 1/true/yes or 0/false/no"
     )
+
+
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
+
+
+def validate_worker_id(text: str) -> str:
+    """A worker id as typed, or ConfigError: it names a GCL (`gpu:<id>`) that goes into
+    URLs, so only letters, digits and `._@+-` (at most 100), starting with a letter or digit."""
+    worker = text.strip()
+    if not _WORKER_ID.match(worker):
+        raise ConfigError(
+            f"{worker!r} is not a worker id: use letters, digits and . _ @ + - "
+            "(at most 100, starting with a letter or digit), e.g. gpu-1"
+        )
+    return worker
