@@ -46,6 +46,7 @@ from gpuboard.core import local_server
 from gpuboard.core.batch import idempotency_key, submit_batch
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.runs import filtered_runs
 
 POOL = "bench-pool"
 FLOW = "process-image"
@@ -194,24 +195,11 @@ def _per_100(start: float, marks: list[float]) -> list[float]:
 async def count_on_server(api_url: str, deployment_id: UUID) -> collections.Counter[int]:
     """Runs per image id of the deployment, read back page by page."""
     per_id: collections.Counter[int] = collections.Counter()
+    body = {"deployments": {"id": {"any_": [str(deployment_id)]}}, "sort": "ID_DESC"}
     async with async_client(api_url) as client:
-        offset = 0
-        while True:
-            response = await client.request(
-                "POST",
-                "/flow_runs/filter",
-                json={
-                    "deployments": {"id": {"any_": [str(deployment_id)]}},
-                    "sort": "ID_DESC",
-                    "limit": 200,
-                    "offset": offset,
-                },
-            )
-            page = response.json()
-            per_id.update(row["parameters"]["image_id"] for row in page)
-            if len(page) < 200:
-                return per_id
-            offset += 200
+        async for row in filtered_runs(client, body):
+            per_id[row["parameters"]["image_id"]] += 1
+    return per_id
 
 
 async def run_way(way: str, args: argparse.Namespace, env: dict[str, str]) -> Result:

@@ -18,6 +18,7 @@ import pytest
 from fakes.fake_nvml import FakeNvml
 from gpuboard.core.board_source import BoardSource
 from gpuboard.core.local_server import LocalServer
+from gpuboard.core.models import Snapshot
 from gpuboard.core.nvml_source import NvmlSource
 from support.seeding import free_port
 
@@ -93,31 +94,25 @@ def test_a_wrong_auth_string_says_unauthorized_and_never_shows_it(
         assert "not-the-one" not in audit.read_text() and "s3cret" not in audit.read_text()
 
 
+async def board_errors(server: LocalServer, auth: str) -> tuple[str, Snapshot]:
+    """One board read with `auth` as the client's auth string: its error text and snapshot."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+
+    with temporary_settings({PREFECT_API_AUTH_STRING: auth}):
+        source = BoardSource("ml-pool", server.api_url, nvml=NvmlSource(FakeNvml(init_error=12)))
+        try:
+            snapshot = await source.read()
+        finally:
+            await source.aclose()
+    return " ".join(e.message for e in snapshot.errors), snapshot
+
+
 async def test_the_board_says_unauthorized_without_the_credential(
     auth_server: LocalServer,
 ) -> None:
-    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
-
-    with temporary_settings({PREFECT_API_AUTH_STRING: WRONG}):
-        source = BoardSource(
-            "ml-pool", auth_server.api_url, nvml=NvmlSource(FakeNvml(init_error=12))
-        )
-        try:
-            snapshot = await source.read()
-        finally:
-            await source.aclose()
-    messages = " ".join(e.message for e in snapshot.errors)
+    messages, _ = await board_errors(auth_server, WRONG)
     assert "unauthorized" in messages
     assert "not-the-one" not in messages and "s3cret" not in messages
-    with temporary_settings({PREFECT_API_AUTH_STRING: SECRET}):
-        source = BoardSource(
-            "ml-pool", auth_server.api_url, nvml=NvmlSource(FakeNvml(init_error=12))
-        )
-        try:
-            snapshot = await source.read()
-        finally:
-            await source.aclose()
-    assert "unauthorized" not in " ".join(e.message for e in snapshot.errors)
-    assert snapshot.prefect_read_at is not None or any(
-        "does not exist" in e.message for e in snapshot.errors
-    )
+    messages, snapshot = await board_errors(auth_server, SECRET)
+    assert "unauthorized" not in messages
+    assert snapshot.prefect_read_at is not None or "does not exist" in messages

@@ -9,37 +9,22 @@ left alone and reported `not-queued`. Each call is recorded in the audit log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
 from uuid import UUID
-
-from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, State, StateType
-from prefect.exceptions import ObjectNotFound
 
 from gpuboard.core.audit import record_action
 from gpuboard.core.limit_actions import ReadOnlyError
+from gpuboard.core.prefect.cancelling import (
+    CANCEL_STATUSES,
+    CancelOutcome,
+    CancelProgress,
+    cancel_if_queued,
+    failure_reason,
+    queued_run_ids_in,
+)
 from gpuboard.core.prefect.client import async_client
 
-# Late runs are Scheduled runs the server renamed; Pending ones are taken by a worker but
-# not started. Everything else has started or ended.
-QUEUED_STATE_TYPES = frozenset({StateType.SCHEDULED, StateType.PENDING})
-_PAGE = 200
-
-CancelStatus = Literal["cancelled", "not-queued", "failed"]
-CancelProgress = Callable[[int, int], None]
-CANCEL_STATUSES: tuple[CancelStatus, ...] = ("cancelled", "not-queued", "failed")
-
-
-@dataclass(frozen=True)
-class CancelOutcome:
-    """What cancelling one run did; `reason` says why it was not cancelled."""
-
-    flow_run_id: UUID
-    name: str
-    status: CancelStatus
-    reason: str | None = None
+__all__ = ["CancelOutcome", "cancel_queued", "cancel_run", "cancel_runs", "queued_run_ids"]
 
 
 async def cancel_run(
@@ -50,7 +35,7 @@ async def cancel_run(
         record_action("run.cancel", str(flow_run_id), result="refused: read-only")
         raise ReadOnlyError("gpuboard runs read-only: runs cannot be cancelled")
     async with async_client(api_url) as client:
-        outcome = await _cancel_if_queued(client, flow_run_id)
+        outcome = await cancel_if_queued(client, flow_run_id)
     record_action(
         "run.cancel",
         f"{outcome.name} ({flow_run_id})" if outcome.name else str(flow_run_id),
@@ -63,7 +48,7 @@ async def cancel_run(
 async def queued_run_ids(pool: str, *, api_url: str | None = None) -> list[UUID]:
     """Ids of the runs of work pool `pool` that are Scheduled, Late or Pending, oldest first."""
     async with async_client(api_url) as client:
-        return await _queued_run_ids(client, pool)
+        return await queued_run_ids_in(client, pool)
 
 
 async def cancel_queued(
@@ -84,7 +69,7 @@ async def cancel_queued(
     try:
         run_ids = await queued_run_ids(pool, api_url=api_url)
     except Exception as exc:
-        record_action("runs.cancel-queued", f"pool {pool}", result=f"error: {_reason(exc)}")
+        record_action("runs.cancel-queued", f"pool {pool}", result=f"error: {failure_reason(exc)}")
         raise
     return await cancel_runs(
         run_ids, api_url=api_url, target=f"pool {pool}", on_progress=on_progress
@@ -111,7 +96,7 @@ async def cancel_runs(
     try:
         async with async_client(api_url) as client:
             for run_id in run_ids:
-                outcomes.append(await _cancel_if_queued(client, run_id))
+                outcomes.append(await cancel_if_queued(client, run_id))
                 if on_progress is not None:
                     on_progress(len(outcomes), len(run_ids))
     finally:
@@ -127,69 +112,3 @@ async def cancel_runs(
             else f"{counts['failed']} failed, {len(run_ids) - len(outcomes)} not tried",
         )
     return outcomes
-
-
-async def _queued_run_ids(client: PrefectClient, pool: str) -> list[UUID]:
-    body: dict[str, Any] = {
-        "work_pools": {"name": {"any_": [pool]}},
-        "flow_runs": {"state": {"type": {"any_": sorted(t.value for t in QUEUED_STATE_TYPES)}}},
-        "sort": "EXPECTED_START_TIME_ASC",
-        "limit": _PAGE,
-    }
-    ids: list[UUID] = []
-    seen: set[UUID] = set()
-    offset = 0
-    while True:
-        response = await client.request(
-            "POST", "/flow_runs/filter", json={**body, "offset": offset}
-        )
-        page = response.json()
-        for row in page:
-            run_id = UUID(row["id"])
-            if run_id not in seen:  # a page boundary may shift while runs come and go
-                seen.add(run_id)
-                ids.append(run_id)
-        if len(page) < _PAGE:
-            return ids
-        offset += _PAGE
-
-
-async def _cancel_if_queued(client: PrefectClient, flow_run_id: UUID) -> CancelOutcome:
-    try:
-        run: FlowRun = await client.read_flow_run(flow_run_id)
-    except ObjectNotFound:
-        return CancelOutcome(flow_run_id, "", "failed", "no such flow run")
-    except Exception as exc:
-        return CancelOutcome(flow_run_id, "", "failed", _reason(exc))
-    state = run.state
-    if state is None or state.type not in QUEUED_STATE_TYPES:
-        shown = state.name if state is not None else "no state"
-        return CancelOutcome(flow_run_id, run.name, "not-queued", f"it is {shown}")
-    # Cancelling lets the worker stop a process it started; a Pending run with no process
-    # yet has nothing to stop, and Cancelled makes its process give up if one starts.
-    if state.type == StateType.PENDING and not run.infrastructure_pid:
-        wanted = State(type=StateType.CANCELLED, name="Cancelled", message="cancelled by gpuboard")
-    else:
-        wanted = State(
-            type=StateType.CANCELLING, name="Cancelling", message="cancelled by gpuboard"
-        )
-    try:
-        result = await client.set_flow_run_state(flow_run_id, wanted)
-    except Exception as exc:
-        return CancelOutcome(flow_run_id, run.name, "failed", _reason(exc))
-    # A run no worker holds is rejected to Cancelled at once; that is the cancel done.
-    if result.state is not None and result.state.type in (
-        StateType.CANCELLED,
-        StateType.CANCELLING,
-    ):
-        return CancelOutcome(flow_run_id, run.name, "cancelled")
-    why = getattr(result.details, "reason", None) or f"server answered {result.status.value}"
-    return CancelOutcome(flow_run_id, run.name, "failed", why)
-
-
-def _reason(exc: Exception) -> str:
-    import httpx
-
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
-    return f"{type(exc).__name__}: {exc}"

@@ -4,7 +4,7 @@ runs a batch already has, and counts runs by state, cheaply."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -177,35 +177,46 @@ async def _runs_with_marker(client: PrefectClient, ids: list[UUID], submission: 
     }
 
 
+async def filtered_runs(
+    client: PrefectClient, body: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """Every flow run `POST /flow_runs/filter` finds for `body`, as JSON rows, a page of
+    200 at a time; a run that shifts across a page boundary while runs come and go is
+    given once."""
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        response = await client.request(
+            "POST", "/flow_runs/filter", json={**body, "limit": _PAGE, "offset": offset}
+        )
+        page = response.json()
+        for row in page:
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                yield row
+        if len(page) < _PAGE:
+            return
+        offset += _PAGE
+
+
 async def runs_by_idempotency_key(
     client: PrefectClient, deployment: UUID, tag: str, keys: set[str]
 ) -> dict[str, UUID]:
     """The runs of `deployment` tagged `tag` whose idempotency key is one of `keys`.
 
-    A batch's runs share a tag, so this reads only them, 200 per request, newest first.
+    A batch's runs share a tag, so this reads only them, newest first.
     """
+    body = {
+        "deployments": {"id": {"any_": [str(deployment)]}},
+        "flow_runs": {"tags": {"all_": [tag]}},
+        "sort": "ID_DESC",
+    }
     found: dict[str, UUID] = {}
-    offset = 0
-    while True:
-        response = await client.request(
-            "POST",
-            "/flow_runs/filter",
-            json={
-                "deployments": {"id": {"any_": [str(deployment)]}},
-                "flow_runs": {"tags": {"all_": [tag]}},
-                "sort": "ID_DESC",
-                "limit": _PAGE,
-                "offset": offset,
-            },
-        )
-        page = response.json()
-        for row in page:
-            key = row.get("idempotency_key")
-            if key in keys:
-                found.setdefault(key, UUID(row["id"]))
-        if len(page) < _PAGE:
-            return found
-        offset += _PAGE
+    async for row in filtered_runs(client, body):
+        key = row.get("idempotency_key")
+        if key in keys:
+            found.setdefault(key, UUID(row["id"]))
+    return found
 
 
 async def count_runs_by_state(
