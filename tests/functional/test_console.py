@@ -347,7 +347,7 @@ async def test_read_only_refuses_every_write(console: Console) -> None:
             assert app.check_action(action, ()) is None
         # From the palette: a refusal, not the action.
         commands = {c.title: c for c in app.get_system_commands(app.screen)}
-        commands["Raise"].callback()
+        commands["Up"].callback()
         await pilot.pause(0.3)
         assert any("read-only" in n.message for n in app._notifications)
         # The dialog itself refuses too (a second guard).

@@ -26,6 +26,7 @@ from gpuboard.tui.messages import SnapshotReady
 from gpuboard.tui.screens.batch_dialog import BatchDialog
 from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 from gpuboard.tui.screens.help import HelpScreen
+from gpuboard.tui.screens.holders import HoldersScreen
 from gpuboard.tui.screens.number_dialog import LimitDialog
 from gpuboard.tui.screens.run_picker import QueuedRunPicker
 from gpuboard.tui.widgets.banner import Banner
@@ -59,7 +60,7 @@ class GpuBoardApp(App[int]):
         Binding(
             "plus",
             "raise_limit",
-            "Raise",
+            "Up",
             key_display="+",
             id="raise",
             tooltip="Raise the selected worker's GPU limit by one",
@@ -67,7 +68,7 @@ class GpuBoardApp(App[int]):
         Binding(
             "minus",
             "lower_limit",
-            "Lower",
+            "Down",
             key_display="-",
             id="lower",
             tooltip="Lower the selected worker's GPU limit by one (0 pauses)",
@@ -75,7 +76,7 @@ class GpuBoardApp(App[int]):
         Binding(
             "equals_sign",
             "set_limit",
-            "Limit",
+            "Set",
             key_display="=",
             id="set-limit",
             tooltip="Set the selected worker's GPU limit to an exact value",
@@ -83,7 +84,7 @@ class GpuBoardApp(App[int]):
         Binding(
             "n",
             "new_limit",
-            "New GCL",
+            "New",
             id="new-limit",
             tooltip="Give the selected worker without a GPU limit one",
         ),
@@ -94,6 +95,13 @@ class GpuBoardApp(App[int]):
             "Cancel",
             id="cancel-run",
             tooltip="Pick one of the queued runs shown and cancel it",
+        ),
+        Binding(
+            "h",
+            "holders",
+            "Holders",
+            id="holders",
+            tooltip="Who holds each GPU slot: release a dead holder's, mark a stale run Crashed",
         ),
         Binding(
             "C",
@@ -127,8 +135,12 @@ class GpuBoardApp(App[int]):
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
         deployment: str = DEPLOYMENT_FULL_NAME,
+        stale_after_s: float | None = None,
     ) -> None:
         super().__init__()
+        # A Running run is stale after this long without a heartbeat (None: three of
+        # Prefect's heartbeat periods, see reclaim.default_stale_after_s).
+        self.stale_after_s = stale_after_s
         self.read_only = read_only
         self.deployment = deployment
         # Limits shown before the server confirms them: worker -> (limit, confirmed at).
@@ -154,7 +166,8 @@ class GpuBoardApp(App[int]):
         with Container(id="lower"):
             yield GpuPanel(id="gpus")
             yield RunsPanel(id="runs")
-        yield Footer(compact=True)
+        # The palette (ctrl+p) is listed under `?`: its footer entry costs two keys at 80 cols.
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#workers-panel").border_title = "Workers"
@@ -501,6 +514,19 @@ class GpuBoardApp(App[int]):
             severity="error" if failed else "information",
         )
         self.poll()
+
+    def action_holders(self) -> None:
+        from gpuboard.core.config import gcl_name
+        from gpuboard.core.holders import read_holders
+
+        workers = self.snapshot.workers if self.snapshot else ()
+        gcls = [gcl_name(w.name) for w in workers if w.gcl is not None]
+        read = partial(
+            read_holders, gcls, self.pool, api_url=self.api_url, stale_after_s=self.stale_after_s
+        )
+        self.push_screen(
+            HoldersScreen(read, api_url=self.api_url, pool=self.pool, read_only=self.read_only)
+        )
 
     def key_help(self) -> list[tuple[str, str]]:
         """(key, description) of every binding the board offers, for the help screen."""

@@ -1,0 +1,126 @@
+"""Who holds the GPU slots of a pool's workers, which holders are dead, which Running runs
+have no live process, and the operator's two remedies: release one dead holder's lease,
+mark one stale run Crashed. Both refuse in read-only mode and are written to the audit log.
+
+The board's holders screen (`h`) reads `read_holders` every couple of seconds; nothing here
+releases anything on its own (that is `gpuboard worker`'s reclaimer): a board only finds
+and judges (`reclaim_gcl(dry_run=True)`), and acts on a confirmed key press.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from gpuboard.core.audit import record_action
+from gpuboard.core.limit_actions import ReadOnlyError
+from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.run_health import CrashMark
+from gpuboard.core.reclaim import (
+    ReclaimReport,
+    Release,
+    StaleReport,
+    default_stale_after_s,
+    find_stale_runs,
+    mark_run_crashed,
+    reclaim_gcl,
+    reclaim_lease,
+)
+
+
+@dataclass(frozen=True)
+class HoldersView:
+    """One read of the holders of `gcls` and of the stale runs of `pool`."""
+
+    read_at: float  # epoch seconds
+    gcls: tuple[ReclaimReport, ...]  # one per GCL, in the order asked
+    stale: StaleReport
+    stale_after_s: float
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(e for report in self.gcls for e in report.errors) + self.stale.errors
+
+
+async def read_holders(
+    gcls: Sequence[str],
+    pool: str,
+    *,
+    api_url: str | None = None,
+    check_processes: bool = True,
+    stale_after_s: float | None = None,
+) -> HoldersView:
+    """The published holders of each GCL in `gcls`, judged, and the stale Running runs of
+    work pool `pool`. Releases nothing. Failures are in the reports' `errors`.
+
+    `check_processes`: a holder whose process is on this machine is judged by whether that
+    process runs (the board runs on the GPU host); elsewhere by its run's state.
+    """
+    threshold = default_stale_after_s() if stale_after_s is None else stale_after_s
+    async with async_client(api_url) as client:
+        reports = await asyncio.gather(
+            *(
+                reclaim_gcl(client, gcl, check_processes=check_processes, dry_run=True)
+                for gcl in gcls
+            )
+        )
+        stale = await find_stale_runs(
+            client, threshold, work_pool=pool, check_processes=check_processes
+        )
+    return HoldersView(
+        read_at=time.time(), gcls=tuple(reports), stale=stale, stale_after_s=threshold
+    )
+
+
+async def release_dead_holder(
+    gcl: str,
+    lease_id: UUID,
+    *,
+    api_url: str | None = None,
+    read_only: bool = False,
+    check_processes: bool = True,
+) -> Release:
+    """Release lease `lease_id` of `gcl` if its holder is (still) dead: judged again now, so
+    a holder that came back or a lease released meanwhile is refused in `error`."""
+    target = f"{gcl} lease {lease_id}"
+    if read_only:
+        record_action("lease.release", target, result="refused: read-only")
+        raise ReadOnlyError("gpuboard runs read-only: slots cannot be released")
+    async with async_client(api_url) as client:
+        release = await reclaim_lease(client, gcl, lease_id, check_processes=check_processes)
+    record_action(
+        "lease.release",
+        f"{target} of flow run {release.flow_run_id or '?'}",
+        before=release.reason or None,
+        after="slot back" if release.was_held else "lease had expired",
+        result="ok" if release.error is None else f"refused: {release.error}",
+    )
+    return release
+
+
+async def mark_stale_run_crashed(
+    flow_run_id: UUID,
+    reason: str,
+    *,
+    name: str = "",
+    api_url: str | None = None,
+    read_only: bool = False,
+) -> CrashMark:
+    """Propose Crashed for a stale flow run (a run that finished meanwhile keeps its state)."""
+    target = f"{name} ({flow_run_id})" if name else str(flow_run_id)
+    if read_only:
+        record_action("run.mark-crashed", target, result="refused: read-only")
+        raise ReadOnlyError("gpuboard runs read-only: runs cannot be marked Crashed")
+    async with async_client(api_url) as client:
+        mark = await mark_run_crashed(client, flow_run_id, reason)
+    record_action(
+        "run.mark-crashed",
+        target,
+        before=reason,
+        after=mark.state_name,
+        result="ok" if mark.marked else f"refused: {mark.detail}",
+    )
+    return mark

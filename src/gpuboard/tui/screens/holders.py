@@ -1,0 +1,267 @@
+"""The holders screen (`h`): who holds each GPU slot, which holders are dead, which Running
+runs have no live process; `x` releases a dead holder's slot, `k` marks a stale run
+Crashed, each after a y/n. Read every couple of seconds while open."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, TypeVar
+from uuid import UUID
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label
+
+from gpuboard.core.holders import HoldersView, mark_stale_run_crashed, release_dead_holder
+from gpuboard.core.reclaim import Holder, StaleRun
+from gpuboard.core.text_format import human_age
+from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
+
+READ_EVERY_S = 2.0
+_Row = TypeVar("_Row")
+
+
+class HoldersScreen(Screen[None]):
+    """Slot holders per GCL and stale runs, from `read` (a `read_holders` call)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,h", "leave", "Back", key_display="esc"),
+        Binding("x", "release", "Release slot", tooltip="Release the selected dead holder's slot"),
+        Binding("k", "mark_crashed", "Mark Crashed", tooltip="Mark the selected stale run Crashed"),
+        Binding("r", "read", "Refresh", tooltip="Read the holders now"),
+        Binding("tab", "app.focus_next", "Next table", show=False),
+    ]
+    WRITE_ACTIONS = frozenset({"release", "mark_crashed"})
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[HoldersView]],
+        *,
+        api_url: str,
+        pool: str,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.read = read
+        self.api_url = api_url
+        self.pool = pool
+        self.read_only = read_only
+        self.view: HoldersView | None = None
+        self._holders: dict[str, tuple[str, Holder]] = {}  # row key -> (gcl, holder)
+        self._stale: dict[str, StaleRun] = {}  # row key (flow run id) -> stale run
+        self._reading = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="holders-body"):
+            yield Label(f"GPU slot holders · pool {self.pool}", classes="dialog-title")
+            yield DataTable(id="slot-holders", cursor_type="row", zebra_stripes=True)
+            yield Label("", id="holders-note")
+            yield Label("Running runs with no live process", classes="dialog-title")
+            yield DataTable(id="stale-runs", cursor_type="row", zebra_stripes=True)
+            yield Label("reading…", id="holders-status", classes="dialog-hint")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        slots = self.query_one("#slot-holders", DataTable)
+        slots.add_columns("GCL", "Flow run", "Run state", "Held for", "Holder")
+        stale = self.query_one("#stale-runs", DataTable)
+        stale.add_columns("Flow run", "Worker", "Running for", "Last heartbeat", "Why")
+        slots.focus()
+        self.action_read()
+        self.set_interval(READ_EVERY_S, self.action_read)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in self.WRITE_ACTIONS:
+            return None  # greyed in the footer
+        return True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def action_read(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._read()
+
+    @work(group="holders-read", exit_on_error=False)
+    async def _read(self) -> None:
+        try:
+            view = await self.read()
+        except Exception as exc:  # shown, kept on screen, read again next interval
+            self._show_status(f"reading failed: {type(exc).__name__}: {exc}", error=True)
+            return
+        finally:
+            self._reading = False
+        if self.is_attached:
+            self.show(view)
+
+    def show(self, view: HoldersView) -> None:
+        """Render `view`, keeping each table's cursor on the same row where it still is."""
+        self.view = view
+        self._holders = {
+            f"{report.gcl}|{holder.record.lease_id}": (report.gcl, holder)
+            for report in view.gcls
+            for holder in report.holders
+        }
+        self._stale = {str(run.flow_run.id): run for run in view.stale.stale}
+        now = view.read_at
+        _fill(
+            self.query_one("#slot-holders", DataTable),
+            {key: _holder_row(gcl, holder, now) for key, (gcl, holder) in self._holders.items()},
+        )
+        _fill(
+            self.query_one("#stale-runs", DataTable),
+            {key: _stale_row(run, now) for key, run in self._stale.items()},
+        )
+        notes = [
+            f"{report.gcl}: {report.unrecorded_slots} slot(s) held with no published lease"
+            " (back when the lease expires)"
+            for report in view.gcls
+            if report.unrecorded_slots
+        ]
+        if not self._holders:
+            notes.insert(0, "no slot is held" if not view.errors else "")
+        self.query_one("#holders-note", Label).update("\n".join(n for n in notes if n))
+        dead = sum(holder.dead for _, holder in self._holders.values())
+        summary = (
+            f"{len(self._holders)} holder(s), {dead} dead · {len(self._stale)} stale run(s)"
+            f" (stale: no heartbeat for {view.stale_after_s:.0f} s)"
+        )
+        self._show_status("; ".join(view.errors) or summary, error=bool(view.errors))
+
+    def _show_status(self, text: str, *, error: bool) -> None:
+        if not self.is_attached:
+            return
+        status = self.query_one("#holders-status", Label)
+        status.update(text)
+        status.set_class(error, "-invalid")
+
+    # -- the two remedies ----------------------------------------------------------------
+
+    def action_release(self) -> None:
+        if self.read_only:
+            self.notify("read-only: releasing a slot is disabled", severity="warning")
+            return
+        selected = self._selected("#slot-holders", self._holders)
+        if selected is None:
+            self.notify("no slot holder selected", severity="warning")
+            return
+        gcl, holder = selected
+        if not holder.dead:
+            self.notify(f"not released: {holder.reason}", severity="warning")
+            return
+        run = holder.flow_run.name if holder.flow_run else str(holder.record.flow_run_id or "?")
+        question = f"Release the {gcl} slot held by {run} ({holder.reason})?"
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._release(gcl, holder.record.lease_id, run)
+
+        self.app.push_screen(ConfirmDialog(question), confirmed)
+
+    @work(group="holders-act", exit_on_error=False)
+    async def _release(self, gcl: str, lease_id: UUID, run: str) -> None:
+        try:
+            release = await release_dead_holder(
+                gcl, lease_id, api_url=self.api_url, read_only=self.read_only
+            )
+        except Exception as exc:
+            self.notify(f"slot not released: {type(exc).__name__}: {exc}", severity="error")
+            return
+        if release.error:
+            self.notify(f"slot not released: {release.error}", severity="warning")
+        elif release.was_held:
+            self.notify(f"{gcl}: the slot of {run} is back in service")
+        else:
+            self.notify(f"{gcl}: the lease of {run} had already expired; record removed")
+        self.action_read()
+
+    def action_mark_crashed(self) -> None:
+        if self.read_only:
+            self.notify("read-only: marking a run Crashed is disabled", severity="warning")
+            return
+        run = self._selected("#stale-runs", self._stale)
+        if run is None:
+            self.notify("no stale run selected (Tab moves to its table)", severity="warning")
+            return
+        name = run.flow_run.name
+        question = f"Mark {name} Crashed ({run.reason})?"
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._mark_crashed(run)
+
+        self.app.push_screen(ConfirmDialog(question), confirmed)
+
+    @work(group="holders-act", exit_on_error=False)
+    async def _mark_crashed(self, run: StaleRun) -> None:
+        name = run.flow_run.name
+        try:
+            mark = await mark_stale_run_crashed(
+                run.flow_run.id,
+                run.reason,
+                name=name,
+                api_url=self.api_url,
+                read_only=self.read_only,
+            )
+        except Exception as exc:
+            self.notify(f"{name} not marked: {type(exc).__name__}: {exc}", severity="error")
+            return
+        if mark.marked:
+            self.notify(f"{name} is Crashed: its slot, if any, can be released now")
+        else:
+            self.notify(f"{name} not marked: {mark.detail} (it is {mark.state_name or 'gone'})")
+        self.action_read()
+
+    def _selected(self, table_id: str, rows: dict[str, _Row]) -> _Row | None:
+        table = self.query_one(table_id, DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return rows.get(key or "")
+
+    def action_leave(self) -> None:
+        self.dismiss(None)
+
+
+def _fill(table: DataTable[str | Text], rows: dict[str, tuple[str | Text, ...]]) -> None:
+    """Replace the table's rows with `rows`, the cursor staying on its row's key."""
+    selected = None
+    if table.row_count:
+        selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    table.clear()
+    for key, cells in rows.items():
+        table.add_row(*cells, key=key)
+    if selected in rows:
+        table.move_cursor(row=table.get_row_index(selected))
+
+
+def _holder_row(gcl: str, holder: Holder, now: float) -> tuple[str | Text, ...]:
+    record = holder.record
+    run = holder.flow_run
+    verdict = (
+        Text(f"DEAD: {holder.reason}", style="bold red")
+        if holder.dead
+        else Text(f"alive: {holder.reason}", style="green")
+    )
+    return (
+        gcl,
+        run.name if run else str(record.flow_run_id or "?"),
+        run.state_name if run else "?",
+        human_age(now - record.acquired_at),
+        verdict,
+    )
+
+
+def _stale_row(run: StaleRun, now: float) -> tuple[str | Text, ...]:
+    since = run.flow_run.state_since
+    return (
+        run.flow_run.name,
+        run.flow_run.worker or "?",
+        human_age(now - since) if since else "?",
+        human_age(now - run.last_heartbeat) + " ago" if run.last_heartbeat else "none seen",
+        Text(run.reason, style="bold red" if run.process_gone else "yellow"),
+    )
