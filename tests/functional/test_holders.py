@@ -116,7 +116,7 @@ async def open_holders(pilot: Pilot[int], app: GpuBoardApp) -> HoldersScreen:
     await until(pilot, lambda: isinstance(app.screen, HoldersScreen))
     screen = app.screen
     assert isinstance(screen, HoldersScreen)
-    await until(pilot, lambda: screen.view is not None and len(screen.view.stale.stale) == 3)
+    await until(pilot, lambda: screen.view is not None and len(screen.view.stale.stale) == 2)
     return screen
 
 
@@ -169,6 +169,8 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         stale = cells(screen, "#stale-runs")
         assert "its slot-holding process is gone" in stale[str(fleet.dead.flow_run_id)]
         assert "no heartbeat" in stale[str(fleet.quiet_run)]
+        # No heartbeat either, but its slot-holding process is seen running: not stale.
+        assert str(fleet.alive.flow_run_id) not in stale
 
         # A live holder's slot is not offered for release: no question, nothing changes.
         move_to(screen, "#slot-holders", alive_key)
@@ -209,6 +211,27 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         assert runs[fleet.alive.flow_run_id or uuid.uuid4()] == "Running"
         await until(pilot, lambda: str(fleet.quiet_run) not in cells(screen, "#stale-runs"))
 
+        # `K`: every stale run still shown (the dead holder's), after the count is asked.
+        await pilot.press("K")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmDialog) and "all 1 stale runs" in dialog.question
+        await pilot.press("y")
+        for _ in range(100):
+            _, _, runs = await server_state(fleet)
+            if runs[fleet.dead.flow_run_id or uuid.uuid4()] == "Crashed":
+                break
+            await pilot.pause(0.1)
+        assert runs[fleet.dead.flow_run_id or uuid.uuid4()] == "Crashed"
+        assert runs[fleet.alive.flow_run_id or uuid.uuid4()] == "Running"
+
+        # The board's keys are off on this screen: `+` changes no limit.
+        await pilot.press("plus")
+        await pilot.pause(0.5)
+        async with poll_client(fleet.api_url) as client:
+            gcl = await read_gcl(client, fleet.gcl)
+        assert gcl is not None and gcl.limit == 3
+
         await pilot.press("escape")
         assert not isinstance(app.screen, HoldersScreen)
 
@@ -216,8 +239,10 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
     assert entries["lease.release"]["result"] == "ok"
     assert str(fleet.dead.lease_id) in str(entries["lease.release"]["target"])
     assert entries["lease.release"]["after"] == "slot back"
-    assert entries["run.mark-crashed"]["result"] == "ok"
-    assert entries["run.mark-crashed"]["after"] == "Crashed"
+    crashed = [entry for entry in audit(isolated_home) if entry["action"] == "run.mark-crashed"]
+    assert [entry["result"] for entry in crashed] == ["ok", "ok"]
+    assert str(fleet.quiet_run) in str(crashed[0]["target"])
+    assert str(fleet.dead.flow_run_id) in str(crashed[1]["target"])
 
 
 async def test_read_only_holders_screen_changes_nothing(fleet: Fleet, isolated_home: Path) -> None:
@@ -229,11 +254,13 @@ async def test_read_only_holders_screen_changes_nothing(fleet: Fleet, isolated_h
         await pilot.press("x")
         move_to(screen, "#stale-runs", str(fleet.quiet_run))
         await pilot.press("k")
+        await pilot.press("K")
         await pilot.pause(0.5)
         assert not isinstance(app.screen, ConfirmDialog)
         # The palette's way in is refused too (the actions check read-only themselves).
         screen.action_release()
         screen.action_mark_crashed()
+        screen.action_mark_all_crashed()
         await pilot.pause(0.3)
         assert not isinstance(app.screen, ConfirmDialog)
     assert await server_state(fleet) == before

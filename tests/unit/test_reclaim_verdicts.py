@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
 
 from gpuboard.core.prefect.leases import HolderStates, LeaseRecord, RunState
-from gpuboard.core.reclaim import Holder, ReclaimReport, judge
+from gpuboard.core.reclaim import Holder, ReclaimReport, Release, judge
 
 FLOW_RUN, TASK_RUN = uuid.uuid4(), uuid.uuid4()
 RECORD = LeaseRecord(
@@ -67,8 +68,17 @@ def test_a_holder_that_cannot_be_judged_is_kept() -> None:
     assert not judge(anonymous, states(None, None), process_running=None)[0]
 
 
-def test_unrecorded_slots_are_those_held_beyond_live_records() -> None:
+def test_unrecorded_slots_are_those_held_beyond_the_records_still_holding() -> None:
     live = Holder(RECORD, None, None, None, dead=False, reason="")
-    dead = Holder(RECORD, None, None, None, dead=True, reason="")
+    dead_record = dataclasses.replace(RECORD, lease_id=uuid.uuid4())
+    dead = Holder(dead_record, None, None, None, dead=True, reason="")
+    # A dry run (the board): the dead holder's slot is still counted, and recorded.
     report = ReclaimReport("gpu:w1", 0.0, (live, dead), (), limit=4, active_slots=3)
-    assert report.unrecorded_slots == 2
+    assert report.unrecorded_slots == 1
+    # The pass released the dead holder's lease: its slot is no longer among those read.
+    release = Release(dead_record.lease_id, None, "dead", was_held=True)
+    report = ReclaimReport("gpu:w1", 0.0, (live, dead), (release,), limit=4, active_slots=2)
+    assert report.unrecorded_slots == 1
+    failed = dataclasses.replace(release, error="HTTP 500")
+    report = ReclaimReport("gpu:w1", 0.0, (live, dead), (failed,), limit=4, active_slots=2)
+    assert report.unrecorded_slots == 0

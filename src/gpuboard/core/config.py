@@ -14,6 +14,10 @@ GCL_PREFIX = "gpu:"
 # The API URL of the embedded stack; used when no Prefect setting names another one.
 EMBEDDED_API_URL = "http://127.0.0.1:4200/api"
 WORKER_ID_ENV = "WORKER_ID"
+# Flow-run heartbeat period of gpuboard workers' runs (Prefect's minimum; its default is
+# 180 s): what `gpuboard worker` sets and what the board expects unless told otherwise.
+FLOW_HEARTBEAT_S = 30
+FLOW_HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
 class ConfigError(RuntimeError):

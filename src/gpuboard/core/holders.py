@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -51,13 +51,15 @@ async def read_holders(
     *,
     api_url: str | None = None,
     check_processes: bool = True,
+    local_workers: Collection[str] = (),
     stale_after_s: float | None = None,
 ) -> HoldersView:
     """The published holders of each GCL in `gcls`, judged, and the stale Running runs of
     work pool `pool`. Releases nothing. Failures are in the reports' `errors`.
 
     `check_processes`: a holder whose process is on this machine is judged by whether that
-    process runs (the board runs on the GPU host); elsewhere by its run's state.
+    process runs (the board runs on the GPU host); elsewhere by its run's state. So is a
+    Running run of one of `local_workers` (the Prefect workers on this machine).
     """
     threshold = default_stale_after_s() if stale_after_s is None else stale_after_s
     async with async_client(api_url) as client:
@@ -68,7 +70,11 @@ async def read_holders(
             )
         )
         stale = await find_stale_runs(
-            client, threshold, work_pool=pool, check_processes=check_processes
+            client,
+            threshold,
+            work_pool=pool,
+            check_processes=check_processes,
+            local_workers=local_workers,
         )
     return HoldersView(
         read_at=time.time(), gcls=tuple(reports), stale=stale, stale_after_s=threshold

@@ -61,6 +61,26 @@ def is_running(identity: ProcessIdentity) -> bool | None:
     return start_ticks == identity.start_ticks and state not in ("Z", "X")
 
 
+def started_at(pid: int) -> float | None:
+    """When process `pid` of this machine started (epoch seconds, to about 1 s: /proc's boot
+    time is whole seconds); None when there is no such live process (or no /proc)."""
+    stat = _stat_fields(pid)
+    boot = _boot_time()
+    if stat is None or boot is None or stat[0] in ("Z", "X"):
+        return None
+    return boot + stat[1] / os.sysconf("SC_CLK_TCK")
+
+
+def _boot_time() -> float | None:
+    try:
+        for line in (_PROC / "stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _pid_namespace() -> str:
     try:
         return os.readlink(_PROC / "self" / "ns" / "pid")

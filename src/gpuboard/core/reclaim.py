@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 
-from gpuboard.core.config import gcl_name
+from gpuboard.core.config import FLOW_HEARTBEAT_ENV, FLOW_HEARTBEAT_S, gcl_name
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import read_gcl
 from gpuboard.core.prefect.leases import (
@@ -40,7 +41,7 @@ from gpuboard.core.prefect.run_health import (
     read_last_heartbeats,
     read_running_flow_runs,
 )
-from gpuboard.core.process_identity import is_running
+from gpuboard.core.process_identity import is_running, started_at
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,11 @@ class ReclaimReport:
         plain `concurrency()` user): they come back only when their lease expires."""
         if self.active_slots is None:
             return 0
-        live = sum(1 for holder in self.holders if not holder.dead)
-        return max(0, self.active_slots - live)
+        # `active_slots` is read after the pass: a lease it released holds nothing now; a
+        # dead holder it did not release (a dry run, a failed release) may still hold one.
+        freed = {r.lease_id for r in self.released if r.error is None}
+        recorded = sum(1 for holder in self.holders if holder.record.lease_id not in freed)
+        return max(0, self.active_slots - recorded)
 
 
 @dataclass(frozen=True)
@@ -279,11 +283,15 @@ async def find_stale_runs(
     work_pool: str | None = None,
     worker: str | None = None,
     check_processes: bool = True,
+    local_workers: Collection[str] = (),
     now: float | None = None,
 ) -> StaleReport:
     """Running flow runs (of `work_pool` / Prefect worker `worker` when given) with no sign of
     a live process: no heartbeat for `stale_after_s` seconds (and Running at least that
-    long), or a published slot holder whose process is seen gone from this machine.
+    long), a published slot holder whose process is seen gone from this machine, or a run
+    of one of `local_workers` (Prefect workers on this machine) whose recorded process
+    (`infrastructure_pid`) is gone: the last two are certain at once, heartbeats take
+    minutes.
 
     `stale_after_s` should be a few heartbeat periods: see `default_stale_after_s()`.
     `check_processes=False` goes by heartbeats only.
@@ -307,22 +315,30 @@ async def find_stale_runs(
         return StaleReport(
             checked_at=now, running=0, stale=(), errors=(_failure("read runs", exc),)
         )
-    gone = {
-        record.flow_run_id
-        for record in records
-        if record.flow_run_id is not None
-        and record.process is not None
-        and check_processes
-        and is_running(record.process) is False
-    }
+    # What this machine sees of the runs' processes wins over heartbeats, as in `judge`:
+    # True running, False gone, absent where it cannot be seen from here.
+    seen: dict[UUID, bool] = {}
+    if check_processes:
+        for record in records:
+            running_now = is_running(record.process) if record.process else None
+            if record.flow_run_id is not None and running_now is not None:
+                # A run retried in a new process may have left an old process's record.
+                seen[record.flow_run_id] = seen.get(record.flow_run_id, False) or running_now
+        for run in running:
+            if run.worker in local_workers and run.id not in seen:
+                local = _local_process_running(run)
+                if local is not None:
+                    seen[run.id] = local
     stale: list[StaleRun] = []
     for run in running:
         beat = beats.get(run.id)
         # Without any beat, the time it entered Running stands in: a run just started
         # has not had time to send one.
         quiet_since = beat if beat is not None else (run.state_since or now)
-        if run.id in gone:
-            stale.append(StaleRun(run, beat, True, "its slot-holding process is gone"))
+        if seen.get(run.id) is True:
+            continue
+        if seen.get(run.id) is False:
+            stale.append(StaleRun(run, beat, True, _gone_reason(run, records)))
         elif quiet_since <= now - stale_after_s:
             age = now - quiet_since
             reason = (
@@ -334,13 +350,31 @@ async def find_stale_runs(
     return StaleReport(checked_at=now, running=len(running), stale=tuple(stale))
 
 
-def default_stale_after_s() -> float:
-    """STALE_AFTER_BEATS heartbeat periods of this process's Prefect settings (the
-    `gpuboard worker` environment is its flow runs' environment)."""
-    from prefect.settings import get_current_settings
+def _local_process_running(run: RunState) -> bool | None:
+    """Whether the process a worker on this machine recorded for `run` runs: False for no
+    such PID or one started after the run was Running (a later process reusing it); None
+    when no PID was recorded."""
+    if run.infrastructure_pid is None or run.state_since is None:
+        return None
+    started = started_at(run.infrastructure_pid)
+    # 2 s of slack: /proc's boot time is whole seconds, the server's clock is another's.
+    return started is not None and started <= run.state_since + 2.0
 
-    frequency = get_current_settings().flows.heartbeat_frequency or 180
-    return float(STALE_AFTER_BEATS * frequency)
+
+def _gone_reason(run: RunState, records: list[LeaseRecord]) -> str:
+    if any(record.flow_run_id == run.id for record in records):
+        return "its slot-holding process is gone"
+    return f"its process {run.infrastructure_pid} on this machine is gone"
+
+
+def default_stale_after_s() -> float:
+    """STALE_AFTER_BEATS heartbeat periods of gpuboard workers' flow runs: the period this
+    process's environment sets (a `gpuboard worker` passes its own to its runs), else the
+    one `gpuboard worker` sets by default. Runs of plain Prefect workers beat every 180 s:
+    where those are watched, set PREFECT_FLOWS_HEARTBEAT_FREQUENCY=180 for the board."""
+    raw = os.environ.get(FLOW_HEARTBEAT_ENV, "")
+    frequency = float(raw) if raw.replace(".", "", 1).isdigit() and float(raw) > 0 else None
+    return STALE_AFTER_BEATS * (frequency or FLOW_HEARTBEAT_S)
 
 
 async def mark_run_crashed(client: PrefectClient, flow_run_id: UUID, reason: str) -> CrashMark:

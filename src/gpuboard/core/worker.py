@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from gpuboard.core.config import WORKER_ID_ENV, gcl_name
+from gpuboard.core.config import FLOW_HEARTBEAT_ENV, FLOW_HEARTBEAT_S, WORKER_ID_ENV, gcl_name
 from gpuboard.core.gpu_events import start_gpu_publisher
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl
@@ -33,7 +33,7 @@ WORKER_SETTING_DEFAULTS = {
     "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
     # Flow-run heartbeats every 30 s (Prefect's minimum; default 180): a run whose process
     # and worker both died is flagged stale after 90 s instead of 9 minutes.
-    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    FLOW_HEARTBEAT_ENV: str(FLOW_HEARTBEAT_S),
 }
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _PR_SET_PDEATHSIG = 1

@@ -125,6 +125,9 @@ class GpuBoardApp(App[int]):
         }
     )
 
+    # Every board key but quit and help: they act on the board's rows.
+    BOARD_ONLY_ACTIONS = WRITE_ACTIONS | {"refresh_now", "holders"}
+
     def __init__(
         self,
         source: SnapshotSource,
@@ -270,6 +273,10 @@ class GpuBoardApp(App[int]):
     # -- operator actions: every one refused in read-only mode ------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The board's keys act on the board: on another screen (holders) they are off
+        # and out of its footer (False), except quit and help.
+        if action in self.BOARD_ONLY_ACTIONS and self.screen is not self.screen_stack[0]:
+            return False
         # None disables the binding: the footer shows it greyed, the key does nothing.
         if self.read_only and action in self.WRITE_ACTIONS:
             return None
@@ -521,8 +528,17 @@ class GpuBoardApp(App[int]):
 
         workers = self.snapshot.workers if self.snapshot else ()
         gcls = [gcl_name(w.name) for w in workers if w.gcl is not None]
+        # The workers whose GPU readings come from this machine: their runs' processes are
+        # visible here, so a dead one is seen at once rather than after missed heartbeats.
+        readings = self.snapshot.gpu_readings if self.snapshot else ()
+        local = {worker for reading in readings if reading.local for worker in reading.workers}
         read = partial(
-            read_holders, gcls, self.pool, api_url=self.api_url, stale_after_s=self.stale_after_s
+            read_holders,
+            gcls,
+            self.pool,
+            api_url=self.api_url,
+            local_workers=local,
+            stale_after_s=self.stale_after_s,
         )
         self.push_screen(
             HoldersScreen(read, api_url=self.api_url, pool=self.pool, read_only=self.read_only)

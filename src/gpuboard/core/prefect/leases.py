@@ -67,6 +67,8 @@ class RunState:
     state_since: float | None  # epoch seconds the state was entered
     # The Prefect worker that runs it (its `prefect.worker.name` label); flow runs only.
     worker: str | None = None
+    # The PID of its process on its worker's machine, as a process worker records it.
+    infrastructure_pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,14 @@ def run_state(run: FlowRun | TaskRun) -> RunState:
         state_name=(state.name if state else run.state_name) or "",
         state_since=_epoch(state.timestamp) if state else None,
         worker=str(worker) if worker else None,
+        infrastructure_pid=_pid(run.infrastructure_pid) if isinstance(run, FlowRun) else None,
     )
+
+
+def _pid(value: str | None) -> int | None:
+    """A process worker's `infrastructure_pid` ("12345"; "host:12345" in some versions)."""
+    tail = (value or "").rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def _parse_record(variable: Variable) -> LeaseRecord | None:

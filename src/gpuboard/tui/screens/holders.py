@@ -32,10 +32,17 @@ class HoldersScreen(Screen[None]):
         Binding("escape,h", "leave", "Back", key_display="esc"),
         Binding("x", "release", "Release slot", tooltip="Release the selected dead holder's slot"),
         Binding("k", "mark_crashed", "Mark Crashed", tooltip="Mark the selected stale run Crashed"),
+        Binding(
+            "K",
+            "mark_all_crashed",
+            "Mark all",
+            key_display="K",
+            tooltip="Mark every stale run shown Crashed (asks first, with the number)",
+        ),
         Binding("r", "read", "Refresh", tooltip="Read the holders now"),
         Binding("tab", "app.focus_next", "Next table", show=False),
     ]
-    WRITE_ACTIONS = frozenset({"release", "mark_crashed"})
+    WRITE_ACTIONS = frozenset({"release", "mark_crashed", "mark_all_crashed"})
 
     def __init__(
         self,
@@ -63,7 +70,7 @@ class HoldersScreen(Screen[None]):
             yield Label("Running runs with no live process", classes="dialog-title")
             yield DataTable(id="stale-runs", cursor_type="row", zebra_stripes=True)
             yield Label("reading…", id="holders-status", classes="dialog-hint")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         slots = self.query_one("#slot-holders", DataTable)
@@ -176,7 +183,7 @@ class HoldersScreen(Screen[None]):
         elif release.was_held:
             self.notify(f"{gcl}: the slot of {run} is back in service")
         else:
-            self.notify(f"{gcl}: the lease of {run} had already expired; record removed")
+            self.notify(f"{gcl}: the slot of {run} was already free; its record is removed")
         self.action_read()
 
     def action_mark_crashed(self) -> None:
@@ -187,33 +194,51 @@ class HoldersScreen(Screen[None]):
         if run is None:
             self.notify("no stale run selected (Tab moves to its table)", severity="warning")
             return
-        name = run.flow_run.name
-        question = f"Mark {name} Crashed ({run.reason})?"
+        self._ask_mark_crashed([run], f"Mark {run.flow_run.name} Crashed ({run.reason})?")
 
+    def action_mark_all_crashed(self) -> None:
+        if self.read_only:
+            self.notify("read-only: marking runs Crashed is disabled", severity="warning")
+            return
+        runs = list(self._stale.values())
+        if not runs:
+            self.notify("no stale run to mark", severity="warning")
+            return
+        self._ask_mark_crashed(runs, f"Mark all {len(runs)} stale runs shown Crashed?")
+
+    def _ask_mark_crashed(self, runs: list[StaleRun], question: str) -> None:
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._mark_crashed(run)
+                self._mark_crashed(runs)
 
         self.app.push_screen(ConfirmDialog(question), confirmed)
 
     @work(group="holders-act", exit_on_error=False)
-    async def _mark_crashed(self, run: StaleRun) -> None:
-        name = run.flow_run.name
-        try:
-            mark = await mark_stale_run_crashed(
-                run.flow_run.id,
-                run.reason,
-                name=name,
-                api_url=self.api_url,
-                read_only=self.read_only,
-            )
-        except Exception as exc:
-            self.notify(f"{name} not marked: {type(exc).__name__}: {exc}", severity="error")
-            return
-        if mark.marked:
-            self.notify(f"{name} is Crashed: its slot, if any, can be released now")
-        else:
-            self.notify(f"{name} not marked: {mark.detail} (it is {mark.state_name or 'gone'})")
+    async def _mark_crashed(self, runs: list[StaleRun]) -> None:
+        """Exactly the runs the question named: a run flagged since is not touched."""
+        marked: list[str] = []
+        refused: list[str] = []
+        for run in runs:
+            name = run.flow_run.name
+            try:
+                mark = await mark_stale_run_crashed(
+                    run.flow_run.id,
+                    run.reason,
+                    name=name,
+                    api_url=self.api_url,
+                    read_only=self.read_only,
+                )
+            except Exception as exc:
+                refused.append(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            if mark.marked:
+                marked.append(name)
+            else:
+                refused.append(f"{name}: {mark.detail} (it is {mark.state_name or 'gone'})")
+        if marked:
+            self.notify(f"Crashed now: {', '.join(marked)}; their slots, if any, can be released")
+        if refused:
+            self.notify("not marked: " + "; ".join(refused), severity="warning", timeout=10)
         self.action_read()
 
     def _selected(self, table_id: str, rows: dict[str, _Row]) -> _Row | None:
