@@ -44,6 +44,7 @@ class Fleet:
     dead: LeaseRecord  # its process is gone; its flow run still says Running
     alive: LeaseRecord  # held by this test process
     quiet_run: uuid.UUID  # Running, never sent a heartbeat, holds no slot
+    stuck_run: uuid.UUID  # Pending, no process: its worker died after taking it
 
 
 async def hold_slot(
@@ -84,9 +85,10 @@ async def fleet(prefect_server: LocalServer) -> AsyncIterator[Fleet]:
             await create_run(client, deployment, "Running", image_id=i, worker=worker)
             for i in (1, 2, 3)
         ]
+        stuck = await create_run(client, deployment, "Pending", image_id=4, worker=worker)
         dead = await hold_slot(client, gcl, runs[0], gone=True)
         alive = await hold_slot(client, gcl, runs[1], gone=False)
-    yield Fleet(prefect_server.api_url, pool, worker, gcl, dead, alive, runs[2])
+    yield Fleet(prefect_server.api_url, pool, worker, gcl, dead, alive, runs[2], stuck)
 
 
 def board(fleet: Fleet, *, read_only: bool = False) -> GpuBoardApp:
@@ -97,6 +99,7 @@ def board(fleet: Fleet, *, read_only: bool = False) -> GpuBoardApp:
         refresh=0.3,
         read_only=read_only,
         stale_after_s=0.5,  # the quiet run never sends a heartbeat
+        pending_after_s=0.5,  # nor does the stuck one ever start
     )
 
 
@@ -116,7 +119,7 @@ async def open_holders(pilot: Pilot[int], app: GpuBoardApp) -> HoldersScreen:
     await until(pilot, lambda: isinstance(app.screen, HoldersScreen))
     screen = app.screen
     assert isinstance(screen, HoldersScreen)
-    await until(pilot, lambda: screen.view is not None and len(screen.view.stale.stale) == 2)
+    await until(pilot, lambda: screen.view is not None and len(screen.view.stale.stale) == 3)
     return screen
 
 
@@ -142,7 +145,12 @@ async def server_state(fleet: Fleet) -> tuple[int, set[uuid.UUID], dict[uuid.UUI
         leases = {record.lease_id for record in await list_leases(client, fleet.gcl)}
         runs = {
             run_id: (await client.read_flow_run(run_id)).state_name or ""
-            for run_id in (fleet.dead.flow_run_id, fleet.alive.flow_run_id, fleet.quiet_run)
+            for run_id in (
+                fleet.dead.flow_run_id,
+                fleet.alive.flow_run_id,
+                fleet.quiet_run,
+                fleet.stuck_run,
+            )
             if run_id is not None
         }
     assert gcl is not None
@@ -211,11 +219,26 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         assert runs[fleet.alive.flow_run_id or uuid.uuid4()] == "Running"
         await until(pilot, lambda: str(fleet.quiet_run) not in cells(screen, "#stale-runs"))
 
+        # The stuck Pending run: `k` is not for it; `s` puts it back to Scheduled.
+        move_to(screen, "#stale-runs", str(fleet.stuck_run))
+        await pilot.press("k")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, ConfirmDialog)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.press("y")
+        for _ in range(100):
+            _, _, runs = await server_state(fleet)
+            if runs[fleet.stuck_run] == "Scheduled":
+                break
+            await pilot.pause(0.1)
+        assert runs[fleet.stuck_run] == "Scheduled"
+
         # `K`: every stale run still shown (the dead holder's), after the count is asked.
         await pilot.press("K")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
         dialog = app.screen
-        assert isinstance(dialog, ConfirmDialog) and "all 1 stale runs" in dialog.question
+        assert isinstance(dialog, ConfirmDialog) and "all 1 stale Running runs" in dialog.question
         await pilot.press("y")
         for _ in range(100):
             _, _, runs = await server_state(fleet)
@@ -243,6 +266,8 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
     assert [entry["result"] for entry in crashed] == ["ok", "ok"]
     assert str(fleet.quiet_run) in str(crashed[0]["target"])
     assert str(fleet.dead.flow_run_id) in str(crashed[1]["target"])
+    assert entries["run.reschedule"]["result"] == "ok"
+    assert entries["run.reschedule"]["after"] == "Scheduled"
 
 
 async def test_read_only_holders_screen_changes_nothing(fleet: Fleet, isolated_home: Path) -> None:
@@ -255,12 +280,15 @@ async def test_read_only_holders_screen_changes_nothing(fleet: Fleet, isolated_h
         move_to(screen, "#stale-runs", str(fleet.quiet_run))
         await pilot.press("k")
         await pilot.press("K")
+        move_to(screen, "#stale-runs", str(fleet.stuck_run))
+        await pilot.press("s")
         await pilot.pause(0.5)
         assert not isinstance(app.screen, ConfirmDialog)
         # The palette's way in is refused too (the actions check read-only themselves).
         screen.action_release()
         screen.action_mark_crashed()
         screen.action_mark_all_crashed()
+        screen.action_reschedule()
         await pilot.pause(0.3)
         assert not isinstance(app.screen, ConfirmDialog)
     assert await server_state(fleet) == before

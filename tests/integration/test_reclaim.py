@@ -31,7 +31,7 @@ from gpuboard.core.config import gcl_name
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.leases import LeaseRecord, list_leases
-from gpuboard.core.prefect.run_health import CrashMark
+from gpuboard.core.prefect.run_health import StateMark
 from gpuboard.core.prefect.slots import read_gcl_now
 from gpuboard.core.reclaim import (
     ReclaimReport,
@@ -125,7 +125,7 @@ def freed(worker: str) -> Callable[[], bool]:
     return lambda: active_slots(worker) == 0
 
 
-def crash(holder: Holder, reason: str) -> CrashMark:
+def crash(holder: Holder, reason: str) -> StateMark:
     return api(lambda c: mark_run_crashed(c, holder.flow_run_id, reason))
 
 

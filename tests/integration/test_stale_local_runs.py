@@ -12,7 +12,9 @@ import uuid
 
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.poll_client import poll_client
-from gpuboard.core.reclaim import find_stale_runs
+from gpuboard.core.prefect.pool import forget_worker
+from gpuboard.core.reclaim import find_stale_runs, reschedule_stuck_run
+from gpuboard.core.worker import WorkerOptions, prepare_worker
 from support.seeding import create_deployment, create_pool, create_run, heartbeat
 
 
@@ -61,3 +63,70 @@ async def test_a_local_runs_dead_process_is_flagged_at_once(prefect_server: Loca
             client, 0.0, work_pool=pool, local_workers={here}, check_processes=False
         )
         assert {run.flow_run.id for run in report.stale} == {dead_here, alive_here, dead_far}
+
+
+async def test_runs_left_pending_by_a_dead_worker_go_back_to_scheduled(
+    prefect_server: LocalServer,
+) -> None:
+    """A worker killed between taking runs (Pending) and their processes reporting Running
+    leaves them Pending for ever in plain Prefect. The board flags them; `gpuboard worker`
+    starting again under that name puts back exactly its own whose process is not running."""
+    tag = uuid.uuid4().hex[:6]
+    pool, dead_worker, other = f"orphans-{tag}", f"gone-{tag}", f"other-{tag}"
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(exited.stdout)
+    options = WorkerOptions(dead_worker, pool, runs=2, gpu_slots=1, api_url=prefect_server.api_url)
+    async with poll_client(prefect_server.api_url) as client:
+        await create_pool(client, pool)
+        deployment = await create_deployment(client, pool)
+
+        async def pending(worker: str | None, pid: int | None, image_id: int) -> uuid.UUID:
+            run_id = await create_run(
+                client, deployment, "Pending", image_id=image_id, worker=worker
+            )
+            if pid is not None:
+                await client.update_flow_run(run_id, infrastructure_pid=str(pid))
+            return run_id
+
+        orphan_started = await pending(dead_worker, dead_pid, 1)  # its process died
+        orphan_unstarted = await pending(dead_worker, None, 2)  # killed before the process
+        still_starting = await pending(dead_worker, os.getpid(), 3)  # its process runs here
+        elsewhere = await pending(other, None, 4)  # another worker's: never touched
+        unlabelled = await pending(None, None, 5)  # nobody's: only the board can offer it
+
+        # The board's view (this machine sees `dead_worker`'s processes).
+        report = await find_stale_runs(
+            client, 3600, work_pool=pool, local_workers={dead_worker}, pending_after_s=0.0
+        )
+        stale = {run.flow_run.id: run for run in report.stale}
+        assert stale[orphan_started].process_gone
+        assert set(stale) == {orphan_started, orphan_unstarted, elsewhere, unlabelled}
+        assert "Pending for" in stale[unlabelled].reason
+
+        async def states() -> dict[uuid.UUID, str]:
+            ids = (orphan_started, orphan_unstarted, still_starting, elsewhere, unlabelled)
+            return {i: (await client.read_flow_run(i)).state_name or "" for i in ids}
+
+        # While a worker of that name still counts online, its restart leaves them alone.
+        await heartbeat(client, pool, dead_worker, interval=10)
+        await prepare_worker(options)
+        assert set((await states()).values()) == {"Pending"}
+
+        # Once it is not online (a killed worker's heartbeat goes stale; forgotten here).
+        await forget_worker(client, pool, dead_worker)
+        notes = await prepare_worker(options)
+        assert any("2 run(s) left Pending" in note for note in notes), notes
+        after = await states()
+        assert after[orphan_started] == after[orphan_unstarted] == "Scheduled"
+        assert after[still_starting] == after[elsewhere] == after[unlabelled] == "Pending"
+
+        # The operator's remedy for the unlabelled one; refused for a run that moved on.
+        mark = await reschedule_stuck_run(client, unlabelled, "test")
+        assert mark.marked and mark.state_name == "Scheduled"
+        again = await reschedule_stuck_run(client, unlabelled, "test")
+        assert not again.marked and again.detail == "no longer Pending"

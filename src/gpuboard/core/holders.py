@@ -1,6 +1,7 @@
-"""Who holds the GPU slots of a pool's workers, which holders are dead, which Running runs
-have no live process, and the operator's two remedies: release one dead holder's lease,
-mark one stale run Crashed. Both refuse in read-only mode and are written to the audit log.
+"""Who holds the GPU slots of a pool's workers, which holders are dead, which Running or
+Pending runs have no live process, and the operator's remedies: release one dead holder's
+lease, mark a stale Running run Crashed, put a stuck Pending run back to Scheduled. Each
+refuses in read-only mode and is written to the audit log.
 
 The board's holders screen (`h`) reads `read_holders` every couple of seconds; nothing here
 releases anything on its own (that is `gpuboard worker`'s reclaimer): a board only finds
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
 
 from gpuboard.core.audit import record_action
 from gpuboard.core.limit_actions import ReadOnlyError
 from gpuboard.core.prefect.client import async_client
-from gpuboard.core.prefect.run_health import CrashMark
+from gpuboard.core.prefect.run_health import StateMark
 from gpuboard.core.reclaim import (
+    PENDING_STUCK_AFTER_S,
     ReclaimReport,
     Release,
     StaleReport,
@@ -28,6 +32,7 @@ from gpuboard.core.reclaim import (
     mark_run_crashed,
     reclaim_gcl,
     reclaim_lease,
+    reschedule_stuck_run,
 )
 
 
@@ -53,6 +58,7 @@ async def read_holders(
     check_processes: bool = True,
     local_workers: Collection[str] = (),
     stale_after_s: float | None = None,
+    pending_after_s: float | None = None,
 ) -> HoldersView:
     """The published holders of each GCL in `gcls`, judged, and the stale Running runs of
     work pool `pool`. Releases nothing. Failures are in the reports' `errors`.
@@ -75,6 +81,7 @@ async def read_holders(
             work_pool=pool,
             check_processes=check_processes,
             local_workers=local_workers,
+            pending_after_s=PENDING_STUCK_AFTER_S if pending_after_s is None else pending_after_s,
         )
     return HoldersView(
         read_at=time.time(), gcls=tuple(reports), stale=stale, stale_after_s=threshold
@@ -114,16 +121,44 @@ async def mark_stale_run_crashed(
     name: str = "",
     api_url: str | None = None,
     read_only: bool = False,
-) -> CrashMark:
+) -> StateMark:
     """Propose Crashed for a stale flow run (a run that finished meanwhile keeps its state)."""
+    return await _change_run_state(
+        "run.mark-crashed", mark_run_crashed, flow_run_id, reason, name, api_url, read_only
+    )
+
+
+async def reschedule_stuck(
+    flow_run_id: UUID,
+    reason: str,
+    *,
+    name: str = "",
+    api_url: str | None = None,
+    read_only: bool = False,
+) -> StateMark:
+    """Put a stuck Pending run back to Scheduled (refused when it is no longer Pending)."""
+    return await _change_run_state(
+        "run.reschedule", reschedule_stuck_run, flow_run_id, reason, name, api_url, read_only
+    )
+
+
+async def _change_run_state(
+    action: str,
+    change: Callable[[PrefectClient, UUID, str], Awaitable[StateMark]],
+    flow_run_id: UUID,
+    reason: str,
+    name: str,
+    api_url: str | None,
+    read_only: bool,
+) -> StateMark:
     target = f"{name} ({flow_run_id})" if name else str(flow_run_id)
     if read_only:
-        record_action("run.mark-crashed", target, result="refused: read-only")
-        raise ReadOnlyError("gpuboard runs read-only: runs cannot be marked Crashed")
+        record_action(action, target, result="refused: read-only")
+        raise ReadOnlyError(f"gpuboard runs read-only: {action} is refused")
     async with async_client(api_url) as client:
-        mark = await mark_run_crashed(client, flow_run_id, reason)
+        mark = await change(client, flow_run_id, reason)
     record_action(
-        "run.mark-crashed",
+        action,
         target,
         before=reason,
         after=mark.state_name,

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
 
 from gpuboard.core.config import FLOW_HEARTBEAT_ENV, FLOW_HEARTBEAT_S, gcl_name
 from gpuboard.core.prefect.client import async_client
@@ -36,10 +37,11 @@ from gpuboard.core.prefect.leases import (
     release_lease,
 )
 from gpuboard.core.prefect.run_health import (
-    CrashMark,
+    StateMark,
     mark_crashed,
+    read_flow_runs_in,
     read_last_heartbeats,
-    read_running_flow_runs,
+    reschedule_pending,
 )
 from gpuboard.core.process_identity import is_running, started_at
 
@@ -50,6 +52,10 @@ DEFAULT_INTERVAL_S = 2.0
 # Flagged stale after this many heartbeat periods without one: one missed beat can be a
 # slow server or a busy event persister, three are not.
 STALE_AFTER_BEATS = 3
+# A Pending run normally reports Running once its process has started: measured up to
+# ~25 s with 10 flow runs starting at once on 2 loaded cores. Four times that is stuck.
+PENDING_STUCK_AFTER_S = 120.0
+ORPHAN_EVERY = 5  # reclaim passes between two looks for stuck Pending runs (1 request)
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,7 @@ def reclaim_forever(
     check_processes: bool = True,
     say: Callable[[str], None] | None = None,
     on_report: Callable[[ReclaimReport], None] | None = None,
+    pool: str | None = None,
 ) -> None:
     """Reclaim worker `worker_id`'s orphaned GPU slots every `interval_s` until `stop_event`.
 
@@ -232,12 +239,15 @@ def reclaim_forever(
     pass (server away) is said once and retried, with a fresh client, next interval.
     `say` gets one line per released lease and per change of error (default: logging).
     `check_processes` as in `reclaim_gcl`: on where it runs on its flow runs' machine.
+    With `pool`, every ORPHAN_EVERY passes it also reschedules the worker's own runs stuck
+    Pending (`reschedule_orphans`): only where it runs on the worker's machine.
     """
     speak = say or log.info
     gcl = gcl_name(worker_id)
 
     async def loop() -> None:
         last_error = ""
+        passes = 0
         while not stop_event.is_set():
             try:
                 async with async_client(api_url) as client:
@@ -251,6 +261,10 @@ def reclaim_forever(
                         last_error = error
                         if on_report is not None:
                             on_report(report)
+                        passes += 1
+                        if pool is not None and passes % ORPHAN_EVERY == 0:
+                            for line in await _reschedule_stuck(client, pool, worker_id):
+                                speak(line)
                         await asyncio.to_thread(stop_event.wait, interval_s)
             except Exception as exc:  # a broken client: build a new one next interval
                 error = _failure("reclaim pass", exc)
@@ -260,6 +274,17 @@ def reclaim_forever(
                 await asyncio.to_thread(stop_event.wait, interval_s)
 
     asyncio.run(loop())
+
+
+async def _reschedule_stuck(client: PrefectClient, pool: str, worker: str) -> list[str]:
+    rescheduled = await reschedule_orphans(
+        client, pool, worker, pending_after_s=PENDING_STUCK_AFTER_S
+    )
+    return [
+        f"{run.name}: stuck Pending with no process: put back to Scheduled"
+        for run, mark in rescheduled
+        if mark.marked
+    ]
 
 
 def describe_releases(report: ReclaimReport) -> list[str]:
@@ -284,38 +309,43 @@ async def find_stale_runs(
     worker: str | None = None,
     check_processes: bool = True,
     local_workers: Collection[str] = (),
+    pending_after_s: float = PENDING_STUCK_AFTER_S,
     now: float | None = None,
 ) -> StaleReport:
-    """Running flow runs (of `work_pool` / Prefect worker `worker` when given) with no sign of
-    a live process: no heartbeat for `stale_after_s` seconds (and Running at least that
-    long), a published slot holder whose process is seen gone from this machine, or a run
-    of one of `local_workers` (Prefect workers on this machine) whose recorded process
-    (`infrastructure_pid`) is gone: the last two are certain at once, heartbeats take
-    minutes.
+    """Running and Pending flow runs (of `work_pool` / Prefect worker `worker` when given)
+    with no sign of a live process.
 
-    `stale_after_s` should be a few heartbeat periods: see `default_stale_after_s()`.
-    `check_processes=False` goes by heartbeats only.
-    A few requests: the Running runs, their heartbeats (1 per 50 runs), the lease records.
+    Certain at once, from this machine: a published slot holder whose process is gone, or
+    a run of one of `local_workers` (Prefect workers on this machine) whose recorded
+    process (`infrastructure_pid`) is gone. Otherwise by time: a Running run with no
+    heartbeat for `stale_after_s` (a few heartbeat periods: see `default_stale_after_s()`),
+    a Pending run Pending for `pending_after_s` (its worker died before its process
+    reported Running: nothing will ever start it). A run whose process is seen running is
+    never stale. `check_processes=False` goes by time only.
+    A few requests: the runs, their heartbeats (1 per 50 Running runs), the lease records.
     """
     now = time.time() if now is None else now
     try:
-        running = [
+        runs = [
             run
-            for run in await read_running_flow_runs(client, work_pool)
+            for run in await read_flow_runs_in(
+                client, [StateType.RUNNING, StateType.PENDING], work_pool
+            )
             if worker is None or run.worker == worker
         ]
-        if not running:
-            return StaleReport(checked_at=now, running=0, stale=())
-        # From the earliest start: the newest beat of each run, however old, is reported.
-        earliest = min((run.state_since or now) for run in running)
-        since = datetime.fromtimestamp(max(earliest - 60, now - 86400), tz=timezone.utc)
-        beats = await read_last_heartbeats(client, [run.id for run in running], since)
-        records = await list_leases(client)
+        running = [run for run in runs if run.state_type == "RUNNING"]
+        beats: dict[UUID, float] = {}
+        if running:
+            # From the earliest start: the newest beat of each run, however old, is reported.
+            earliest = min((run.state_since or now) for run in running)
+            since = datetime.fromtimestamp(max(earliest - 60, now - 86400), tz=timezone.utc)
+            beats = await read_last_heartbeats(client, [run.id for run in running], since)
+        records = await list_leases(client) if runs else []
     except Exception as exc:
         return StaleReport(
             checked_at=now, running=0, stale=(), errors=(_failure("read runs", exc),)
         )
-    # What this machine sees of the runs' processes wins over heartbeats, as in `judge`:
+    # What this machine sees of the runs' processes wins over time, as in `judge`:
     # True running, False gone, absent where it cannot be seen from here.
     seen: dict[UUID, bool] = {}
     if check_processes:
@@ -324,23 +354,28 @@ async def find_stale_runs(
             if record.flow_run_id is not None and running_now is not None:
                 # A run retried in a new process may have left an old process's record.
                 seen[record.flow_run_id] = seen.get(record.flow_run_id, False) or running_now
-        for run in running:
+        for run in runs:
             if run.worker in local_workers and run.id not in seen:
                 local = _local_process_running(run)
                 if local is not None:
                     seen[run.id] = local
     stale: list[StaleRun] = []
-    for run in running:
+    for run in runs:
         beat = beats.get(run.id)
-        # Without any beat, the time it entered Running stands in: a run just started
-        # has not had time to send one.
-        quiet_since = beat if beat is not None else (run.state_since or now)
         if seen.get(run.id) is True:
             continue
         if seen.get(run.id) is False:
             stale.append(StaleRun(run, beat, True, _gone_reason(run, records)))
-        elif quiet_since <= now - stale_after_s:
-            age = now - quiet_since
+            continue
+        # Without any beat, the time it entered its state stands in: a run just started
+        # has not had time to send one.
+        quiet_since = beat if beat is not None else (run.state_since or now)
+        age = now - quiet_since
+        if run.state_type == "PENDING":
+            if age >= pending_after_s:
+                reason = f"Pending for {age:.0f} s, no process seen"
+                stale.append(StaleRun(run, None, False, reason))
+        elif age >= stale_after_s:
             reason = (
                 f"no heartbeat in {age:.0f} s Running"
                 if beat is None
@@ -377,7 +412,43 @@ def default_stale_after_s() -> float:
     return STALE_AFTER_BEATS * (frequency or FLOW_HEARTBEAT_S)
 
 
-async def mark_run_crashed(client: PrefectClient, flow_run_id: UUID, reason: str) -> CrashMark:
+async def reschedule_stuck_run(client: PrefectClient, flow_run_id: UUID, reason: str) -> StateMark:
+    """Put a Pending run whose process is gone back to Scheduled, for any worker to take."""
+    return await reschedule_pending(client, flow_run_id, f"Rescheduled by gpuboard: {reason}")
+
+
+async def reschedule_orphans(
+    client: PrefectClient, work_pool: str, worker: str, *, pending_after_s: float
+) -> list[tuple[RunState, StateMark]]:
+    """Put back to Scheduled the runs of Prefect worker `worker` (on this machine) that
+    have been Pending for `pending_after_s` with no process of theirs running here.
+
+    Prefect never does: a worker killed between taking a run (Pending) and the run's
+    process reporting Running leaves it Pending for ever, and no other worker takes a
+    Pending run. Run by `gpuboard worker` on its own machine: with 0 before its Prefect
+    worker starts (every Pending run of its name is then a previous life's), and with
+    PENDING_STUCK_AFTER_S while it runs (its own runs leave Pending within seconds).
+    """
+    orphans = [
+        run
+        for run in await read_flow_runs_in(client, [StateType.PENDING], work_pool)
+        if run.worker == worker
+        and _state_age(run) >= pending_after_s
+        and _local_process_running(run) is not True
+    ]
+    done = []
+    for run in orphans:
+        reason = f"Pending on worker {worker} with no process running"
+        done.append((run, await reschedule_stuck_run(client, run.id, reason)))
+    return done
+
+
+def _state_age(run: RunState) -> float:
+    """Seconds since `run` entered its state (0 when unknown)."""
+    return time.time() - run.state_since if run.state_since else 0.0
+
+
+async def mark_run_crashed(client: PrefectClient, flow_run_id: UUID, reason: str) -> StateMark:
     """Mark a stale flow run Crashed so that its slot can be reclaimed and its retries or
     automations run. A run that finished meanwhile keeps its final state."""
     return await mark_crashed(client, flow_run_id, f"Marked Crashed by gpuboard: {reason}")

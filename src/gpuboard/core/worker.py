@@ -21,9 +21,9 @@ from gpuboard.core.config import FLOW_HEARTBEAT_ENV, FLOW_HEARTBEAT_S, WORKER_ID
 from gpuboard.core.gpu_events import start_gpu_publisher
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl
-from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker
+from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker, read_pool_workers
 from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
-from gpuboard.core.reclaim import DEFAULT_INTERVAL_S, reclaim_forever
+from gpuboard.core.reclaim import DEFAULT_INTERVAL_S, reclaim_forever, reschedule_orphans
 
 # Settings a gpuboard worker changes from Prefect's defaults unless the user set them.
 WORKER_SETTING_DEFAULTS = {
@@ -85,7 +85,28 @@ async def prepare_worker(options: WorkerOptions) -> list[str]:
         notes.append(f"GCL {name} exists with limit {gcl.limit}")
     if not gcl.active:
         notes.append(f"warning: GCL {name} is inactive: its runs will fail until it is active")
+    notes.extend(await _reschedule_orphans(options))
     return notes
+
+
+async def _reschedule_orphans(options: WorkerOptions) -> list[str]:
+    """Runs a previous life of this worker left Pending go back to Scheduled. Not while a
+    worker of this name still counts online: a killed one does for up to ~25 s (then the
+    running reclaimer finds them after PENDING_STUCK_AFTER_S)."""
+    async with async_client(options.api_url) as client:
+        online = {w.name for w in await read_pool_workers(client, options.pool) if w.online}
+        if options.worker_id in online:
+            return []
+        rescheduled = await reschedule_orphans(
+            client, options.pool, options.worker_id, pending_after_s=0
+        )
+    back = [run.name for run, mark in rescheduled if mark.marked]
+    if not back:
+        return []
+    return [
+        f"{len(back)} run(s) left Pending by a previous {options.worker_id} put back to "
+        f"Scheduled: {', '.join(back)}"
+    ]
 
 
 def worker_command(options: WorkerOptions) -> list[str]:
@@ -140,7 +161,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
     threading.Thread(
         target=reclaim_forever,
         args=(options.worker_id, DEFAULT_INTERVAL_S, stop_reclaiming),
-        kwargs={"api_url": options.api_url, "say": log},
+        kwargs={"api_url": options.api_url, "say": log, "pool": options.pool},
         name="gpuboard-reclaimer",
         daemon=True,
     ).start()

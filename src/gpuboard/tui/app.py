@@ -139,11 +139,14 @@ class GpuBoardApp(App[int]):
         read_only: bool = False,
         deployment: str = DEPLOYMENT_FULL_NAME,
         stale_after_s: float | None = None,
+        pending_after_s: float | None = None,
     ) -> None:
         super().__init__()
         # A Running run is stale after this long without a heartbeat (None: three of
-        # Prefect's heartbeat periods, see reclaim.default_stale_after_s).
+        # gpuboard workers' heartbeat periods, see reclaim.default_stale_after_s); a
+        # Pending one after this long Pending (None: reclaim.PENDING_STUCK_AFTER_S).
         self.stale_after_s = stale_after_s
+        self.pending_after_s = pending_after_s
         self.read_only = read_only
         self.deployment = deployment
         # Limits shown before the server confirms them: worker -> (limit, confirmed at).
@@ -539,6 +542,7 @@ class GpuBoardApp(App[int]):
             api_url=self.api_url,
             local_workers=local,
             stale_after_s=self.stale_after_s,
+            pending_after_s=self.pending_after_s,
         )
         self.push_screen(
             HoldersScreen(read, api_url=self.api_url, pool=self.pool, read_only=self.read_only)

@@ -1,6 +1,7 @@
 """The holders screen (`h`): who holds each GPU slot, which holders are dead, which Running
-runs have no live process; `x` releases a dead holder's slot, `k` marks a stale run
-Crashed, each after a y/n. Read every couple of seconds while open."""
+or Pending runs have no live process; `x` releases a dead holder's slot, `k` marks a stale
+Running run Crashed (`K`: all shown), `s` puts a stuck Pending run back to Scheduled, each
+after a y/n. Read every couple of seconds while open."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from gpuboard.core.holders import HoldersView, mark_stale_run_crashed, release_dead_holder
-from gpuboard.core.reclaim import Holder, StaleRun
+from gpuboard.core.holders import (
+    HoldersView,
+    mark_stale_run_crashed,
+    release_dead_holder,
+    reschedule_stuck,
+)
+from gpuboard.core.reclaim import PENDING_STUCK_AFTER_S, Holder, StaleRun
 from gpuboard.core.text_format import human_age
 from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 
@@ -39,10 +45,11 @@ class HoldersScreen(Screen[None]):
             key_display="K",
             tooltip="Mark every stale run shown Crashed (asks first, with the number)",
         ),
+        Binding("s", "reschedule", "Reschedule", tooltip="Put the selected stuck Pending run back"),
         Binding("r", "read", "Refresh", tooltip="Read the holders now"),
         Binding("tab", "app.focus_next", "Next table", show=False),
     ]
-    WRITE_ACTIONS = frozenset({"release", "mark_crashed", "mark_all_crashed"})
+    WRITE_ACTIONS = frozenset({"release", "mark_crashed", "mark_all_crashed", "reschedule"})
 
     def __init__(
         self,
@@ -67,7 +74,7 @@ class HoldersScreen(Screen[None]):
             yield Label(f"GPU slot holders · pool {self.pool}", classes="dialog-title")
             yield DataTable(id="slot-holders", cursor_type="row", zebra_stripes=True)
             yield Label("", id="holders-note")
-            yield Label("Running runs with no live process", classes="dialog-title")
+            yield Label("Runs with no live process", classes="dialog-title")
             yield DataTable(id="stale-runs", cursor_type="row", zebra_stripes=True)
             yield Label("reading…", id="holders-status", classes="dialog-hint")
         yield Footer(compact=True, show_command_palette=False)
@@ -76,7 +83,7 @@ class HoldersScreen(Screen[None]):
         slots = self.query_one("#slot-holders", DataTable)
         slots.add_columns("GCL", "Flow run", "Run state", "Held for", "Holder")
         stale = self.query_one("#stale-runs", DataTable)
-        stale.add_columns("Flow run", "Worker", "Running for", "Last heartbeat", "Why")
+        stale.add_columns("Flow run", "Worker", "State", "For", "Last heartbeat", "Why")
         slots.focus()
         self.action_read()
         self.set_interval(READ_EVERY_S, self.action_read)
@@ -135,7 +142,8 @@ class HoldersScreen(Screen[None]):
         dead = sum(holder.dead for _, holder in self._holders.values())
         summary = (
             f"{len(self._holders)} holder(s), {dead} dead · {len(self._stale)} stale run(s)"
-            f" (stale: no heartbeat for {view.stale_after_s:.0f} s)"
+            f" (Running: no heartbeat for {view.stale_after_s:.0f} s; Pending: stuck"
+            f" {PENDING_STUCK_AFTER_S:.0f} s; at once where the process is seen gone)"
         )
         self._show_status("; ".join(view.errors) or summary, error=bool(view.errors))
 
@@ -190,21 +198,64 @@ class HoldersScreen(Screen[None]):
         if self.read_only:
             self.notify("read-only: marking a run Crashed is disabled", severity="warning")
             return
+        run = self._selected_stale()
+        if run is None:
+            return
+        if run.flow_run.state_type == "PENDING":
+            self.notify(f"{run.flow_run.name} is Pending: s puts it back to Scheduled")
+            return
+        self._ask_mark_crashed([run], f"Mark {run.flow_run.name} Crashed ({run.reason})?")
+
+    def action_reschedule(self) -> None:
+        if self.read_only:
+            self.notify("read-only: rescheduling a run is disabled", severity="warning")
+            return
+        run = self._selected_stale()
+        if run is None:
+            return
+        if run.flow_run.state_type != "PENDING":
+            self.notify(f"{run.flow_run.name} is {run.flow_run.state_name}: only a Pending run")
+            return
+        name = run.flow_run.name
+        question = f"Put {name} back to Scheduled for any worker to take ({run.reason})?"
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._reschedule(run)
+
+        self.app.push_screen(ConfirmDialog(question), confirmed)
+
+    @work(group="holders-act", exit_on_error=False)
+    async def _reschedule(self, run: StaleRun) -> None:
+        name = run.flow_run.name
+        try:
+            mark = await reschedule_stuck(
+                run.flow_run.id, run.reason, name=name, api_url=self.api_url, read_only=False
+            )
+        except Exception as exc:
+            self.notify(f"{name} not rescheduled: {type(exc).__name__}: {exc}", severity="error")
+            return
+        if mark.marked:
+            self.notify(f"{name} is Scheduled again: the next free worker takes it")
+        else:
+            self.notify(f"{name} not rescheduled: {mark.detail}", severity="warning")
+        self.action_read()
+
+    def _selected_stale(self) -> StaleRun | None:
         run = self._selected("#stale-runs", self._stale)
         if run is None:
             self.notify("no stale run selected (Tab moves to its table)", severity="warning")
-            return
-        self._ask_mark_crashed([run], f"Mark {run.flow_run.name} Crashed ({run.reason})?")
+        return run
 
     def action_mark_all_crashed(self) -> None:
         if self.read_only:
             self.notify("read-only: marking runs Crashed is disabled", severity="warning")
             return
-        runs = list(self._stale.values())
+        runs = [run for run in self._stale.values() if run.flow_run.state_type == "RUNNING"]
         if not runs:
-            self.notify("no stale run to mark", severity="warning")
+            self.notify("no stale Running run to mark", severity="warning")
             return
-        self._ask_mark_crashed(runs, f"Mark all {len(runs)} stale runs shown Crashed?")
+        self._ask_mark_crashed(runs, f"Mark all {len(runs)} stale Running runs shown Crashed?")
 
     def _ask_mark_crashed(self, runs: list[StaleRun], question: str) -> None:
         def confirmed(yes: bool | None) -> None:
@@ -286,6 +337,7 @@ def _stale_row(run: StaleRun, now: float) -> tuple[str | Text, ...]:
     return (
         run.flow_run.name,
         run.flow_run.worker or "?",
+        run.flow_run.state_name,
         human_age(now - since) if since else "?",
         human_age(now - run.last_heartbeat) + " ago" if run.last_heartbeat else "none seen",
         Text(run.reason, style="bold red" if run.process_gone else "yellow"),
