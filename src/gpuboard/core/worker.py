@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from gpuboard.core.config import FLOW_HEARTBEAT_ENV, FLOW_HEARTBEAT_S, WORKER_ID_ENV, gcl_name
+from gpuboard.core.config import (
+    FLOW_HEARTBEAT_ENV,
+    FLOW_HEARTBEAT_S,
+    WORKER_ID_ENV,
+    ConfigError,
+    gcl_name,
+)
+from gpuboard.core.config import validate_worker_id as config_validate_worker_id
 from gpuboard.core.gpu_events import start_gpu_publisher
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl
@@ -35,7 +41,6 @@ WORKER_SETTING_DEFAULTS = {
     # and worker both died is flagged stale after 90 s instead of 9 minutes.
     FLOW_HEARTBEAT_ENV: str(FLOW_HEARTBEAT_S),
 }
-_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -55,13 +60,11 @@ class WorkerOptions:
 
 
 def validate_worker_id(worker_id: str) -> str:
-    """A worker id is a GCL name part and a worker name: letters, digits, `.`, `_`, `-`."""
-    if not _WORKER_ID.match(worker_id):
-        raise WorkerInputError(
-            f"worker id {worker_id!r} must start with a letter or digit and use only "
-            "letters, digits, '.', '_' and '-' (at most 63 characters), e.g. gpu-1"
-        )
-    return worker_id
+    """The one worker-id rule (config.validate_worker_id), as a WorkerInputError."""
+    try:
+        return config_validate_worker_id(worker_id)
+    except ConfigError as exc:
+        raise WorkerInputError(str(exc)) from None
 
 
 async def prepare_worker(options: WorkerOptions) -> list[str]:
