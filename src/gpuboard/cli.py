@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--runs",
         type=_positive(MAX_RUNS_PER_WORKER),
-        default=10,
-        help="flow runs at once per worker (default: 10)",
+        default=None,
+        help="flow runs at once per worker (default: GPU slots + 1 per 2 cores of each worker)",
     )
     up.add_argument(
         "--headless",
@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--runs",
         type=_positive(MAX_RUNS_PER_WORKER),
-        default=10,
-        help="flow runs at once (default: 10)",
+        default=None,
+        help="flow runs at once (default: GPU slots + 1 per 2 cores)",
     )
     worker.add_argument(
         "--gpu-slots",
@@ -425,12 +425,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from gpuboard.core.sizing import default_runs_per_worker
     from gpuboard.core.stack import Stack, StackOptions, print_status_lines, run_stack
 
     options = StackOptions(
         workers=args.workers,
         gpu_slots=args.gpu_slots,
-        runs=args.runs,
+        runs=args.runs or default_runs_per_worker(args.gpu_slots, args.workers),
         pool=args.pool,
         api_url=_api_url(args),
     )
@@ -465,10 +466,12 @@ def _worker(args: argparse.Namespace) -> int:
         validate_worker_id(args.id)
     except WorkerInputError as exc:
         raise _UsageError(str(exc)) from None
+    from gpuboard.core.sizing import default_runs_per_worker
+
     options = WorkerOptions(
         worker_id=args.id,
         pool=args.pool,
-        runs=args.runs,
+        runs=args.runs or default_runs_per_worker(args.gpu_slots),
         gpu_slots=args.gpu_slots,
         api_url=_api_url(args),
     )

@@ -68,7 +68,8 @@ def test_submit_help_explains_the_batch_identity(capsys: pytest.CaptureFixture[s
 
 def test_defaults() -> None:
     args = build_parser().parse_args(["up"])
-    assert (args.workers, args.gpu_slots, args.runs, args.pool) == (2, 2, 10, "ml-pool")
+    # --runs unset: sized from the cores where the stack starts (core/sizing.py).
+    assert (args.workers, args.gpu_slots, args.runs, args.pool) == (2, 2, None, "ml-pool")
     args = build_parser().parse_args(["submit", "--count", "5"])
     assert (args.start, args.source, args.batch, args.concurrency) == (None, "sample", None, None)
     assert (args.ids, args.tags, args.read_only) == (None, [], False)

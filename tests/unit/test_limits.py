@@ -59,3 +59,12 @@ def test_any_target_is_in_range_or_refused(delta: int, current: int) -> None:
         assert not 0 <= current + delta <= MAX_LIMIT
     else:
         assert new == validate_limit(current + delta)
+
+
+def test_default_runs_per_worker_follow_the_cores() -> None:
+    from gpuboard.core.sizing import MAX_DEFAULT_RUNS, default_runs_per_worker
+
+    assert default_runs_per_worker(2, workers=2, cores=2) == 3  # measured best here
+    assert default_runs_per_worker(2, workers=1, cores=16) == 10
+    assert default_runs_per_worker(1, workers=8, cores=8) == 2
+    assert default_runs_per_worker(4, workers=1, cores=256) == MAX_DEFAULT_RUNS

@@ -56,6 +56,7 @@ STALE_AFTER_BEATS = 3
 # ~25 s with 10 flow runs starting at once on 2 loaded cores. Four times that is stuck.
 PENDING_STUCK_AFTER_S = 120.0
 ORPHAN_EVERY = 5  # reclaim passes between two looks for stuck Pending runs (1 request)
+FULL_PASS_EVERY = 15  # reclaim passes between two looks at the records of an idle GCL
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,12 @@ def judge(
 
 
 async def reclaim_gcl(
-    client: PrefectClient, gcl: str, *, check_processes: bool = True, dry_run: bool = False
+    client: PrefectClient,
+    gcl: str,
+    *,
+    check_processes: bool = True,
+    dry_run: bool = False,
+    skip_when_idle: bool = False,
 ) -> ReclaimReport:
     """Release the leases of GCL `gcl` whose holder is dead; report what was found.
 
@@ -156,9 +162,18 @@ async def reclaim_gcl(
     holders' would. `dry_run` finds and judges but releases nothing (for a board that
     asks the operator first). A few requests per pass: the records (1), the holders'
     states (2, only when there are records), the GCL (1), and per dead holder 3.
+    `skip_when_idle`: the GCL first, and nothing more when none of its slots is held (no
+    slot to reclaim; a leftover record of a released slot waits for a full pass).
     """
     checked_at = time.time()
     errors: list[str] = []
+    if skip_when_idle:
+        try:
+            idle = await read_gcl(client, gcl)
+        except Exception as exc:
+            return ReclaimReport(gcl, checked_at, (), (), errors=(_failure(f"read {gcl}", exc),))
+        if idle is not None and idle.active_slots == 0:
+            return ReclaimReport(gcl, checked_at, (), (), limit=idle.limit, active_slots=0)
     try:
         records = await list_leases(client, gcl)
         states = (
@@ -252,7 +267,14 @@ def reclaim_forever(
             try:
                 async with async_client(api_url) as client:
                     while not stop_event.is_set():
-                        report = await reclaim_gcl(client, gcl, check_processes=check_processes)
+                        # Idle passes cost one request; every FULL_PASS_EVERY-th looks at
+                        # the records too (leftovers of released slots are cleared).
+                        report = await reclaim_gcl(
+                            client,
+                            gcl,
+                            check_processes=check_processes,
+                            skip_when_idle=passes % FULL_PASS_EVERY != 0,
+                        )
                         for line in describe_releases(report):
                             speak(line)
                         error = "; ".join(report.errors)
