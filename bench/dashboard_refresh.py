@@ -29,6 +29,7 @@ from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.snapshot import read_prefect
 
 POOL = "bench-pool"
+BULK = 100  # runs per bulk create request
 WORKERS = ("gpu-1", "gpu-2", "gpu-3", "gpu-4")
 
 
@@ -83,7 +84,7 @@ async def post(http: httpx.AsyncClient, path: str, body: Any, retries: dict[str,
         delay = min(2.0, delay * 2)
 
 
-async def seed(api_url: str, runs: int, concurrency: int, first_id: int = 0) -> None:
+async def seed(api_url: str, runs: int, first_id: int = 0) -> None:
     """Pool, workers, GCLs, a deployment, `runs` flow runs in every state, GPU samples."""
     retries = {"503": 0, "dropped": 0}
     async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
@@ -117,14 +118,14 @@ async def seed(api_url: str, runs: int, concurrency: int, first_id: int = 0) -> 
         order = sorted(
             enumerate(kinds, start=first_id), key=lambda item: item[1] in ("SCHEDULED", "LATE")
         )
-        queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-        for item in order:
-            queue.put_nowait(item)
         running_ids: list[str] = []
-
-        async def creator() -> None:
-            while not queue.empty():
-                image_id, kind = queue.get_nowait()
+        started = time.perf_counter()
+        # Prefect 3.9's bulk create, 100 runs a request, one request in flight: what
+        # gpuboard's submitter does (bench/batch_create.py).
+        for start in range(0, len(order), BULK):
+            chunk = order[start : start + BULK]
+            bodies: list[dict[str, Any]] = []
+            for image_id, kind in chunk:
                 body: dict[str, Any] = {
                     "state": _state(kind),
                     "parameters": {"image_id": image_id},
@@ -133,21 +134,27 @@ async def seed(api_url: str, runs: int, concurrency: int, first_id: int = 0) -> 
                 }
                 if kind == "RUNNING":
                     body["labels"] = {"prefect.worker.name": random.choice(WORKERS)}
-                created = await post(
-                    http, f"/deployments/{deployment['id']}/create_flow_run", body, retries
+                bodies.append(body)
+            for _attempt in range(10):
+                answer = await post(
+                    http, f"/deployments/{deployment['id']}/create_flow_run/bulk", bodies, retries
                 )
-                if kind == "RUNNING":
-                    running_ids.append(created["id"])
-                if (runs - queue.qsize()) % 1000 == 0:
-                    print(f"  {runs - queue.qsize()} runs created", flush=True)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(creator() for _ in range(concurrency)))
+                results = answer["results"]
+                if all(r.get("flow_run_id") for r in results):
+                    break
+                retries["refused in bulk"] = retries.get("refused in bulk", 0) + 1
+                await asyncio.sleep(0.5)  # "database is locked" per run: the same again
+            else:
+                raise SystemExit(f"seeding failed: {results[:3]}")
+            running_ids += [
+                r["flow_run_id"]
+                for r, (_, kind) in zip(results, chunk, strict=True)
+                if kind == "RUNNING"
+            ]
+            if (start // BULK) % 10 == 9:
+                print(f"  {start + len(chunk)} runs created", flush=True)
         elapsed = time.perf_counter() - started
-        print(
-            f"seeded {runs} runs in {elapsed:.0f}s ({runs / elapsed:.0f}/s, {concurrency} at "
-            f"once; retried {retries})"
-        )
+        print(f"seeded {runs} runs in {elapsed:.0f}s ({runs / elapsed:.0f}/s; retried {retries})")
         # Each running run is in one step of the pipeline.
         for run_id in running_ids:
             task = random.choice(["download_image", "run_ml_model", "run_ml_model", "save_results"])
@@ -306,11 +313,84 @@ async def per_request(api_url: str) -> None:
         print(f"    {key:55s} x{len(values) // 5:<2d} {statistics.median(values):6.1f}")
 
 
+def open_board_cpu(api_url: str, refresh: float, seconds: float) -> tuple[float, int]:
+    """Percent of one core the real board (`python -m gpuboard`) uses, open on a 140x40
+    pseudo-terminal, over `seconds` after a warm-up; and how many frames it wrote."""
+    import fcntl
+    import pty
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
+    board = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpuboard",
+            "--api-url",
+            api_url,
+            "--pool",
+            POOL,
+            "--refresh",
+            str(refresh),
+        ],
+        stdin=child_fd,
+        stdout=child_fd,
+        stderr=child_fd,
+        start_new_session=True,
+        env={**os.environ, "TERM": "xterm-256color", "GPUBOARD_READ_ONLY": "1"},
+    )
+    os.close(child_fd)
+    written = 0
+
+    def drain(for_s: float) -> None:
+        nonlocal written
+        import select
+
+        end = time.monotonic() + for_s
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([main_fd], [], [], left)
+            if ready:
+                try:
+                    written += len(os.read(main_fd, 65536))
+                except OSError:
+                    return
+
+    try:
+        # Start-up, and the IDLE_AFTER_READS reads before the board sees nothing changes.
+        drain(35)
+        before, started, written = _cpu_seconds(board.pid), time.monotonic(), 0
+        drain(seconds)
+        used = _cpu_seconds(board.pid) - before
+        return 100 * used / (time.monotonic() - started), written
+    finally:
+        board.send_signal(signal.SIGTERM)
+        try:
+            board.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            board.kill()
+        os.close(main_fd)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--refreshes", type=int, default=30)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=60,
+        help="how long to measure the open board's CPU at each refresh interval (0: skip)",
+    )
     parser.add_argument(
         "--home",
         type=Path,
@@ -326,10 +406,18 @@ def main() -> None:
             if present >= args.runs:
                 print(f"reusing {present} runs already in {server.home}")
             else:
-                asyncio.run(seed(server.api_url, args.runs - present, args.concurrency, present))
+                asyncio.run(seed(server.api_url, args.runs - present, present))
             asyncio.run(publish_samples(server.api_url))
             pgid = server.process.pid if server.process else None  # its own session
             asyncio.run(measure(server.api_url, args.refreshes, pgid))
+            if args.idle_seconds:
+                for refresh in (2.0, 1.0, 5.0):  # `gpuboard`'s default, the fastest, `up`'s
+                    percent, written = open_board_cpu(server.api_url, refresh, args.idle_seconds)
+                    print(
+                        f"open board, --refresh {refresh:g}, nothing changing: {percent:.1f} % "
+                        f"of one core over {args.idle_seconds:.0f} s ({written / 1024:.0f} KiB "
+                        "drawn)"
+                    )
         finally:
             server.stop()
 

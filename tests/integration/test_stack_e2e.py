@@ -256,3 +256,84 @@ def test_up_headless_starts_reuses_and_stops_exactly_its_own(
     assert _processes_with_env("GPUBOARD_TEST_STACK", first_tag) == set()
     assert not api_is_healthy(api_url)
     assert list((home / "stacks").iterdir()) == []
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Linux /proc), children before their parents die."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
+async def test_a_killed_worker_restarted_takes_up_its_queued_runs_again(
+    prefect_server: LocalServer, children: Children, tmp_path: Path
+) -> None:
+    """The whole worker (gpuboard worker, Prefect worker, its flow runs) SIGKILLed as by a
+    machine's OOM killer, with runs queued, Pending and Running; `gpuboard worker` started
+    again under the same id. What was queued or left Pending completes; what was Running is
+    flagged at once from this machine (its process is gone) for the operator to mark."""
+    from gpuboard.core.reclaim import find_stale_runs
+
+    api_url = prefect_server.api_url
+    suffix = uuid.uuid4().hex[:6]
+    pool, worker = f"restart-{suffix}", f"restart-{suffix}"
+    async with async_client(api_url) as client:
+        await ensure_work_pool(client, pool)
+    deploy_process_image(find_project_dir(), api_url, pool=pool)
+    env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_RESULTS_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
+    command += ["--api-url", api_url, "--gpu-slots", "1", "--runs", "2"]
+    first = children.start(command, env, tmp_path / "first.log")
+    await wait_for_online(api_url, pool, {worker}, timeout=120)
+
+    report = await submit_batch(range(1, 7), batch=f"restart-{suffix}", api_url=api_url)
+    assert len(report.created) == 6
+
+    async def states() -> dict[uuid.UUID, StateType]:
+        async with async_client(api_url) as client:
+            found = {}
+            for run_id in report.flow_run_ids:
+                state = (await client.read_flow_run(run_id)).state
+                if state is not None:
+                    found[run_id] = state.type
+            return found
+
+    # Killed once it has taken work (Pending or Running), before it finished any.
+    deadline = time.monotonic() + 120
+    while not {StateType.PENDING, StateType.RUNNING} & set((await states()).values()):
+        assert time.monotonic() < deadline, "the worker never took a run"
+        await asyncio.sleep(0.2)
+    for pid in _descendants(first.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    at_kill = await states()
+    running = {run for run, state in at_kill.items() if state == StateType.RUNNING}
+    # The next life of the worker starts once the dead one no longer counts online (its
+    # heartbeat goes stale in ~25 s): its start then puts its Pending runs back at once.
+    async with async_client(api_url) as client:
+        while any(w.online for w in await read_pool_workers(client, pool) if w.name == worker):
+            await asyncio.sleep(1)
+        stale = await find_stale_runs(client, 3600, work_pool=pool, local_workers={worker})
+    flagged = {run.flow_run.id for run in stale.stale if run.process_gone}
+    assert flagged >= running, f"Running at the kill {running}, flagged {flagged}"
+
+    restarted = time.monotonic()
+    children.start(command, env, tmp_path / "second.log")
+    queued = [run for run in report.flow_run_ids if run not in running]
+    finished = await wait_for_final_states(api_url, queued, timeout=300)
+    log = (tmp_path / "second.log").read_text(errors="replace")
+    assert set(finished.values()) == {StateType.COMPLETED}, f"{finished}\n{log[-3000:]}"
+    print(
+        f"\nstates at the kill: {sorted(s.value for s in at_kill.values())}; "
+        f"{len(queued)} queued/Pending runs completed {time.monotonic() - restarted:.0f} s "
+        f"after the restart; {len(running)} Running flagged stale at once"
+    )

@@ -454,9 +454,13 @@ async def reschedule_orphans(
     orphans = [
         run
         for run in await read_flow_runs_in(client, [StateType.PENDING], work_pool)
-        if run.worker == worker
-        and _state_age(run) >= pending_after_s
-        and _local_process_running(run) is not True
+        if _state_age(run) >= pending_after_s
+        and (
+            (run.worker == worker and _local_process_running(run) is not True)
+            # No worker label: its worker died between taking it and labelling it (a live
+            # one labels within a second), so nobody's: any worker of the pool may.
+            or (run.worker is None and pending_after_s >= PENDING_STUCK_AFTER_S)
+        )
     ]
     done = []
     for run in orphans:

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from functools import partial
 from typing import ClassVar
 
@@ -20,6 +20,7 @@ from textual.widgets import Footer
 
 from gpuboard.core.board_source import SnapshotSource
 from gpuboard.core.config import DEPLOYMENT_FULL_NAME
+from gpuboard.core.idle import IDLE_AFTER_READS, IDLE_READ_EVERY_S, fingerprint
 from gpuboard.core.models import RunView, Snapshot, SourceError
 from gpuboard.tui.history import History
 from gpuboard.tui.messages import SnapshotReady
@@ -163,6 +164,9 @@ class GpuBoardApp(App[int]):
         self.history = History()
         self.snapshots_shown = 0
         self._polling = False
+        self._read_at = 0.0  # monotonic time the last read started
+        self._fingerprint: Hashable = None  # what the last read showed, clocks left out
+        self._unchanged_reads = 0
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.pool, self.api_url, id="status")
@@ -188,12 +192,25 @@ class GpuBoardApp(App[int]):
     # -- polling ---------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Start a read unless one is still running: refreshes never overlap or pile up."""
-        if self._polling:
+        """Start a read unless one is still running: refreshes never overlap or pile up.
+        While nothing has changed for a while, read only every IDLE_READ_EVERY_S."""
+        idle = self._unchanged_reads >= IDLE_AFTER_READS
+        if self._polling or (idle and time.monotonic() - self._read_at < IDLE_READ_EVERY_S):
             self._tick()
             return
         self._polling = True
+        self._read_at = time.monotonic()
         self._read_source()
+
+    def wake(self) -> None:
+        """Back to the configured refresh at once (a key, a change made from here)."""
+        was_idle = self._unchanged_reads >= IDLE_AFTER_READS
+        self._unchanged_reads = 0
+        if was_idle:
+            self.poll()
+
+    def on_key(self) -> None:
+        self.wake()
 
     @work(exclusive=True, group="poll", exit_on_error=False)
     async def _read_source(self) -> None:
@@ -212,6 +229,9 @@ class GpuBoardApp(App[int]):
         return dataclasses.replace(self.snapshot, taken_at=self.clock(), errors=(error,))
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        seen = fingerprint(message.snapshot)
+        self._unchanged_reads = self._unchanged_reads + 1 if seen == self._fingerprint else 0
+        self._fingerprint = seen
         self.snapshot = snapshot = message.snapshot
         self._remember(snapshot)
         if not snapshot.stale:
@@ -384,6 +404,7 @@ class GpuBoardApp(App[int]):
         if self.limit_overrides.get(worker, (None,))[0] == target:
             self.limit_overrides[worker] = (target, self.clock())
         self.notify(outcome.message)
+        self.wake()
         self.poll()
 
     def _redraw(self) -> None:
