@@ -39,9 +39,21 @@ Counts of the pool's runs: queued now (scheduled and due, late, pending), runnin
 finished in the last hour; then the running runs with their worker, step and elapsed
 time, the latest failures with their message, and the next queued runs.
 
+## Holders (`h`)
+Who holds each GPU slot: the flow run, its state, how long it has held the slot, and
+whether the holder is alive or **DEAD** (its process gone, its run finished or deleted).
+Below, runs with no live process: Running with no heartbeat for three heartbeat periods,
+Pending for two minutes, or at once where this machine sees the process gone. `x`
+releases a dead holder's slot, `k` marks a stale Running run Crashed (`K` all of them),
+`s` puts a stuck Pending run back to Scheduled; each asks first and is audited.
+
 ## When a source fails
 A banner says which and why; the last data stays on screen, marked stale, and the board
 recovers by itself when the source answers again.
+
+## When nothing changes
+After ten reads that showed nothing new the board reads every 5 s (the status line says
+how old the data is); the first change it sees, or any key, brings the refresh back.
 """
 
 
