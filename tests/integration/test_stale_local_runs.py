@@ -9,12 +9,19 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.poll_client import poll_client
 from gpuboard.core.prefect.pool import forget_worker
 from gpuboard.core.reclaim import find_stale_runs, reschedule_stuck_run
-from gpuboard.core.worker import WorkerOptions, prepare_worker
+from gpuboard.core.worker import (
+    CSRF_SUPPORT_ENV,
+    WorkerOptions,
+    prepare_worker,
+    server_csrf_protection,
+    worker_environment,
+)
 from support.seeding import create_deployment, create_pool, create_run, heartbeat
 
 
@@ -130,3 +137,20 @@ async def test_runs_left_pending_by_a_dead_worker_go_back_to_scheduled(
         assert mark.marked and mark.state_name == "Scheduled"
         again = await reschedule_stuck_run(client, unlabelled, "test")
         assert not again.marked and again.detail == "no longer Pending"
+
+
+def test_workers_skip_csrf_tokens_only_where_the_server_has_no_csrf_protection(
+    prefect_server: LocalServer, tmp_path: Path
+) -> None:
+    options = WorkerOptions("csrf-1", "pool", runs=1, gpu_slots=1, api_url=prefect_server.api_url)
+    assert server_csrf_protection(options) is False  # LocalServer: Prefect's default, off
+    env = worker_environment(options, tmp_path, {}, server_csrf=False)
+    assert env[CSRF_SUPPORT_ENV] == "false"
+    for unknown_or_on in (None, True):
+        env = worker_environment(options, tmp_path, {}, server_csrf=unknown_or_on)
+        assert CSRF_SUPPORT_ENV not in env
+    # A user's own setting wins.
+    env = worker_environment(options, tmp_path, {CSRF_SUPPORT_ENV: "true"}, server_csrf=False)
+    assert env[CSRF_SUPPORT_ENV] == "true"
+    unreachable = WorkerOptions("csrf-1", "pool", 1, 1, api_url="http://127.0.0.1:9/api")
+    assert server_csrf_protection(unreachable) is None

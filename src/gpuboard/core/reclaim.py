@@ -167,13 +167,14 @@ async def reclaim_gcl(
     """
     checked_at = time.time()
     errors: list[str] = []
+    first_read = None
     if skip_when_idle:
         try:
-            idle = await read_gcl(client, gcl)
+            first_read = await read_gcl(client, gcl)
         except Exception as exc:
             return ReclaimReport(gcl, checked_at, (), (), errors=(_failure(f"read {gcl}", exc),))
-        if idle is not None and idle.active_slots == 0:
-            return ReclaimReport(gcl, checked_at, (), (), limit=idle.limit, active_slots=0)
+        if first_read is not None and first_read.active_slots == 0:
+            return ReclaimReport(gcl, checked_at, (), (), limit=first_read.limit, active_slots=0)
     try:
         records = await list_leases(client, gcl)
         states = (
@@ -190,7 +191,8 @@ async def reclaim_gcl(
             if holder.dead:
                 released.append(await _release(client, holder))
     try:
-        state = await read_gcl(client, gcl)
+        # Read again only where this pass released something: else the first read stands.
+        state = first_read if first_read and not released else await read_gcl(client, gcl)
     except Exception as exc:
         state = None
         errors.append(_failure(f"read GCL {gcl}", exc))

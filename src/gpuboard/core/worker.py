@@ -42,6 +42,7 @@ WORKER_SETTING_DEFAULTS = {
     FLOW_HEARTBEAT_ENV: str(FLOW_HEARTBEAT_S),
 }
 _PR_SET_PDEATHSIG = 1
+CSRF_SUPPORT_ENV = "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"
 
 
 class WorkerInputError(ValueError):
@@ -131,16 +132,43 @@ def worker_command(options: WorkerOptions) -> list[str]:
 
 
 def worker_environment(
-    options: WorkerOptions, project_dir: Path, base: dict[str, str] | None = None
+    options: WorkerOptions,
+    project_dir: Path,
+    base: dict[str, str] | None = None,
+    *,
+    server_csrf: bool | None = None,
 ) -> dict[str, str]:
-    """The environment of the Prefect worker; its flow runs inherit it."""
+    """The environment of the Prefect worker; its flow runs inherit it.
+
+    `server_csrf=False` (the server said its CSRF protection is off): the clients skip
+    asking for a token. Each Prefect client asks once, and a flow run makes ~7 of them:
+    measured 7 of B's 51 requests per run in bench/pipeline.py.
+    """
     env = dict(os.environ if base is None else base)
     for key, value in WORKER_SETTING_DEFAULTS.items():
         env.setdefault(key, value)
+    if server_csrf is False:
+        env.setdefault(CSRF_SUPPORT_ENV, "false")
     env["PREFECT_API_URL"] = options.api_url
     env[WORKER_ID_ENV] = options.worker_id  # picks the GCL gpu:<id> in the flow run
     env[PROJECT_DIR_ENV] = str(project_dir)  # prefect.yaml's pull step moves there
     return env
+
+
+def server_csrf_protection(options: WorkerOptions) -> bool | None:
+    """Whether the server protects against CSRF; None where it cannot be told (then the
+    clients keep Prefect's default and ask)."""
+    import httpx
+
+    try:
+        response = httpx.get(
+            f"{options.api_url.rstrip('/')}/csrf-token", params={"client": "gpuboard"}, timeout=5
+        )
+    except httpx.HTTPError:
+        return None
+    if response.status_code == 422 and "disabled" in response.text:
+        return False
+    return True if response.is_success else None
 
 
 def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> int:
@@ -172,7 +200,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
     publisher = start_gpu_publisher(options.worker_id, api_url=options.api_url)
     child = subprocess.Popen(
         worker_command(options),
-        env=worker_environment(options, project_dir),
+        env=worker_environment(options, project_dir, server_csrf=server_csrf_protection(options)),
         stdin=subprocess.DEVNULL,
         # Its own session: a terminal's Ctrl-C or a group kill reaches only us, and we pass
         # it on exactly once (Prefect treats a second SIGINT as "stop now").
