@@ -105,9 +105,30 @@ class SideResult:
     requests: int | None = None
     requests_by_route: dict[str, int] = field(default_factory=dict)
     timed_out: bool = False
+    worker_cpu_s: float = float("nan")  # workers and their flow runs, during the batch
+    server_cpu_s: float = float("nan")
 
 
 # --------------------------------------------------------------------------- running
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by `root` and everything below it, the
+    reaped children included (a live parent's cutime/cstime count the children it
+    waited for: the flow-run processes a Prefect worker has finished)."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (ppid, seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            used = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
+            stats[int(stat.parent.name)] = (int(fields[1]), used)
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        stack.extend(child for child, (ppid, _) in stats.items() if ppid == pid)
+    return total
 
 
 def free_port() -> int:
@@ -302,6 +323,9 @@ def run_side(side: Side, args: argparse.Namespace) -> SideResult:
         time.sleep(args.settle)  # both sides start from idle workers
         log_before = server.log_path.read_text(errors="replace")
         print(f"[{side.key}] workers {worker_ids} online; submitting {args.runs} runs", flush=True)
+        cpu_before = [tree_cpu_seconds(proc.pid) for proc in workers]
+        server_pid = server.process.pid if server.process else 0
+        server_before = tree_cpu_seconds(server_pid)
         result.t0 = time.time()
         params = {
             "download_s": args.download_s,
@@ -319,6 +343,11 @@ def run_side(side: Side, args: argparse.Namespace) -> SideResult:
                 break
             time.sleep(0.2)
         result.done_at = time.time()
+        result.worker_cpu_s = sum(
+            tree_cpu_seconds(proc.pid) - before
+            for proc, before in zip(workers, cpu_before, strict=True)
+        )
+        result.server_cpu_s = tree_cpu_seconds(server_pid) - server_before
         log_after = server.log_path.read_text(errors="replace")
         total, routes = count_requests(log_after[len(log_before) :])
         if total:
@@ -451,6 +480,10 @@ def summarize(result: SideResult, args: argparse.Namespace) -> dict[str, Any]:
         "pending_to_body_p50_s": pct(pending_to_body, 0.5),
         "pending_to_body_p95_s": pct(pending_to_body, 0.95),
         "requests_per_run": (result.requests / args.runs) if result.requests is not None else None,
+        "cpu_per_run_s": (result.worker_cpu_s + result.server_cpu_s) / max(1, len(recs)),
+        "server_cpu_per_run_s": result.server_cpu_s / max(1, len(recs)),
+        # Makespan if the CPU work were spread perfectly over every core: a floor.
+        "cpu_floor_s": (result.worker_cpu_s + result.server_cpu_s) / (os.cpu_count() or 1),
         "model_load_p50_s": pct(model_loads, 0.5),
         "inference_p50_s": pct(inferences, 0.5),
         "top_routes": sorted(result.requests_by_route.items(), key=lambda kv: -kv[1])[:8],
@@ -474,6 +507,9 @@ ROWS = [
     ("pending_to_body_p50_s", "Pending -> flow body p50 (s)", "{:.2f}"),
     ("pending_to_body_p95_s", "Pending -> flow body p95 (s)", "{:.2f}"),
     ("requests_per_run", "server requests per run", "{:.1f}"),
+    ("cpu_per_run_s", "CPU s per run (runs, workers, server)", "{:.2f}"),
+    ("server_cpu_per_run_s", "  of which the server", "{:.2f}"),
+    ("cpu_floor_s", "CPU floor: all that CPU / cores (s)", "{:.1f}"),
     ("model_load_p50_s", "model load p50 (s, before the slot)", "{:.2f}"),
     ("inference_p50_s", "GPU step p50 (s, inside the slot)", "{:.2f}"),
 ]

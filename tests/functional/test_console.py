@@ -37,6 +37,7 @@ from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 from gpuboard.tui.screens.number_dialog import LimitDialog
 from gpuboard.tui.screens.run_picker import QueuedRunPicker
 from gpuboard.tui.widgets.workers_table import WorkersTable
+from support.pilot import until
 from support.seeding import create_gcl, create_pool, create_run, heartbeat
 
 WIDE = (140, 40)
@@ -81,16 +82,6 @@ def board(console: Console, *, read_only: bool = False, refresh: float = 0.3) ->
         read_only=read_only,
         deployment=console.deployment,
     )
-
-
-async def until(pilot: Pilot[int], condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the board never reached the expected state in {timeout:.0f}s")
-        await pilot.pause(0.1)
 
 
 async def select(pilot: Pilot[int], app: GpuBoardApp, worker: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from gpuboard.tui.widgets.banner import Banner
 from gpuboard.tui.widgets.gpu_panel import GpuPanel
 from gpuboard.tui.widgets.runs_panel import RunsPanel
 from gpuboard.tui.widgets.workers_table import WorkersTable
+from support.pilot import until
 from support.seeding import (
     create_deployment,
     create_gcl,
@@ -116,15 +117,6 @@ def board(
     return GpuBoardApp(
         BoardSource(pool, api_url, nvml=nvml), pool=pool, api_url=api_url, refresh=0.3
     )
-
-
-async def until(pilot: Pilot[int], condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Let the board run until `condition()` holds; fail with a clear message if it never does."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"board never reached the expected state in {timeout:.0f}s")
-        await pilot.pause(0.1)
 
 
 def row(app: GpuBoardApp, worker: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from gpuboard.core.process_identity import this_process
 from gpuboard.tui.app import GpuBoardApp
 from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 from gpuboard.tui.screens.holders import HoldersScreen
+from support.pilot import until
 from support.seeding import create_deployment, create_gcl, create_pool, create_run, heartbeat
 
 WIDE = (140, 40)
@@ -103,16 +104,6 @@ def board(fleet: Fleet, *, read_only: bool = False) -> GpuBoardApp:
     )
 
 
-async def until(pilot: Pilot[int], condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the board never reached the expected state in {timeout:.0f}s")
-        await pilot.pause(0.1)
-
-
 async def open_holders(pilot: Pilot[int], app: GpuBoardApp) -> HoldersScreen:
     await until(pilot, lambda: app.snapshot is not None and bool(app.snapshot.workers))
     await pilot.press("h")
@@ -157,6 +148,28 @@ async def server_state(fleet: Fleet) -> tuple[int, set[uuid.UUID], dict[uuid.UUI
     return gcl.active_slots, leases, runs
 
 
+ServerState = tuple[int, set[uuid.UUID], dict[uuid.UUID, str]]
+
+
+async def settled(
+    pilot: Pilot[int], fleet: Fleet, done: Callable[[ServerState], bool]
+) -> ServerState:
+    """The server's state once `done` holds of it (or after 10 s, for the caller to assert)."""
+    for _ in range(100):
+        state = await server_state(fleet)
+        if done(state):
+            break
+        await pilot.pause(0.1)
+    return state
+
+
+async def run_reaches(
+    pilot: Pilot[int], fleet: Fleet, run_id: uuid.UUID | None, state_name: str
+) -> dict[uuid.UUID, str]:
+    """The fleet's run states once `run_id` is in `state_name` (or after 10 s)."""
+    return (await settled(pilot, fleet, lambda state: state[2].get(run_id) == state_name))[2]
+
+
 def audit(home: Path) -> list[dict[str, object]]:
     path = home / "audit.log"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -197,11 +210,7 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
         await pilot.press("y")
-        for _ in range(100):
-            slots, leases, _ = await server_state(fleet)
-            if slots == 1:
-                break
-            await pilot.pause(0.1)
+        slots, leases, _ = await settled(pilot, fleet, lambda state: state[0] == 1)
         assert (slots, leases) == (1, {fleet.alive.lease_id})
         await until(pilot, lambda: dead_key not in cells(screen, "#slot-holders"))
 
@@ -210,11 +219,7 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
         await pilot.press("y")
-        for _ in range(100):
-            _, _, runs = await server_state(fleet)
-            if runs[fleet.quiet_run] == "Crashed":
-                break
-            await pilot.pause(0.1)
+        runs = await run_reaches(pilot, fleet, fleet.quiet_run, "Crashed")
         assert runs[fleet.quiet_run] == "Crashed"
         assert runs[fleet.alive.flow_run_id or uuid.uuid4()] == "Running"
         await until(pilot, lambda: str(fleet.quiet_run) not in cells(screen, "#stale-runs"))
@@ -227,11 +232,7 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
         await pilot.press("y")
-        for _ in range(100):
-            _, _, runs = await server_state(fleet)
-            if runs[fleet.stuck_run] == "Scheduled":
-                break
-            await pilot.pause(0.1)
+        runs = await run_reaches(pilot, fleet, fleet.stuck_run, "Scheduled")
         assert runs[fleet.stuck_run] == "Scheduled"
 
         # `K`: every stale run still shown (the dead holder's), after the count is asked.
@@ -240,11 +241,7 @@ async def test_holders_are_judged_and_a_dead_holders_slot_released(
         dialog = app.screen
         assert isinstance(dialog, ConfirmDialog) and "all 1 stale Running runs" in dialog.question
         await pilot.press("y")
-        for _ in range(100):
-            _, _, runs = await server_state(fleet)
-            if runs[fleet.dead.flow_run_id or uuid.uuid4()] == "Crashed":
-                break
-            await pilot.pause(0.1)
+        runs = await run_reaches(pilot, fleet, fleet.dead.flow_run_id or uuid.uuid4(), "Crashed")
         assert runs[fleet.dead.flow_run_id or uuid.uuid4()] == "Crashed"
         assert runs[fleet.alive.flow_run_id or uuid.uuid4()] == "Running"
 

@@ -25,16 +25,21 @@ from gpuboard.core.worker import (
 from support.seeding import create_deployment, create_pool, create_run, heartbeat
 
 
-async def test_a_local_runs_dead_process_is_flagged_at_once(prefect_server: LocalServer) -> None:
-    tag = uuid.uuid4().hex[:6]
-    pool, here, elsewhere = f"stale-{tag}", f"here-{tag}", f"far-{tag}"
+def exited_pid() -> int:
+    """The PID of a process that has exited (reused by a later one only after a wrap)."""
     exited = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    dead_pid = int(exited.stdout)
+    return int(exited.stdout)
+
+
+async def test_a_local_runs_dead_process_is_flagged_at_once(prefect_server: LocalServer) -> None:
+    tag = uuid.uuid4().hex[:6]
+    pool, here, elsewhere = f"stale-{tag}", f"here-{tag}", f"far-{tag}"
+    dead_pid = exited_pid()
     async with poll_client(prefect_server.api_url) as client:
         await create_pool(client, pool)
         for worker in (here, elsewhere):
@@ -80,13 +85,7 @@ async def test_runs_left_pending_by_a_dead_worker_go_back_to_scheduled(
     starting again under that name puts back exactly its own whose process is not running."""
     tag = uuid.uuid4().hex[:6]
     pool, dead_worker, other = f"orphans-{tag}", f"gone-{tag}", f"other-{tag}"
-    exited = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(exited.stdout)
+    dead_pid = exited_pid()
     options = WorkerOptions(dead_worker, pool, runs=2, gpu_slots=1, api_url=prefect_server.api_url)
     async with poll_client(prefect_server.api_url) as client:
         await create_pool(client, pool)

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
@@ -114,7 +115,19 @@ async def release_dead_holder(
     return release
 
 
-async def mark_stale_run_crashed(
+# The two remedies for a run with no live process: what each asks the server, and the
+# audit log's name for it.
+RunRemedy = Literal["mark-crashed", "reschedule"]
+_REMEDIES: dict[RunRemedy, Callable[[PrefectClient, UUID, str], Awaitable[StateMark]]] = {
+    # Crashed, through Prefect's rules: a run that finished meanwhile keeps its state.
+    "mark-crashed": mark_run_crashed,
+    # Back to Scheduled, only while still Pending: for any worker of the pool to take.
+    "reschedule": reschedule_stuck_run,
+}
+
+
+async def remedy_run(
+    remedy: RunRemedy,
     flow_run_id: UUID,
     reason: str,
     *,
@@ -122,41 +135,14 @@ async def mark_stale_run_crashed(
     api_url: str | None = None,
     read_only: bool = False,
 ) -> StateMark:
-    """Propose Crashed for a stale flow run (a run that finished meanwhile keeps its state)."""
-    return await _change_run_state(
-        "run.mark-crashed", mark_run_crashed, flow_run_id, reason, name, api_url, read_only
-    )
-
-
-async def reschedule_stuck(
-    flow_run_id: UUID,
-    reason: str,
-    *,
-    name: str = "",
-    api_url: str | None = None,
-    read_only: bool = False,
-) -> StateMark:
-    """Put a stuck Pending run back to Scheduled (refused when it is no longer Pending)."""
-    return await _change_run_state(
-        "run.reschedule", reschedule_stuck_run, flow_run_id, reason, name, api_url, read_only
-    )
-
-
-async def _change_run_state(
-    action: str,
-    change: Callable[[PrefectClient, UUID, str], Awaitable[StateMark]],
-    flow_run_id: UUID,
-    reason: str,
-    name: str,
-    api_url: str | None,
-    read_only: bool,
-) -> StateMark:
+    """Apply `remedy` to a run with no live process; audited as `run.<remedy>`."""
+    action = f"run.{remedy}"
     target = f"{name} ({flow_run_id})" if name else str(flow_run_id)
     if read_only:
         record_action(action, target, result="refused: read-only")
         raise ReadOnlyError(f"gpuboard runs read-only: {action} is refused")
     async with async_client(api_url) as client:
-        mark = await change(client, flow_run_id, reason)
+        mark = await _REMEDIES[remedy](client, flow_run_id, reason)
     record_action(
         action,
         target,

@@ -17,12 +17,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from gpuboard.core.holders import (
-    HoldersView,
-    mark_stale_run_crashed,
-    release_dead_holder,
-    reschedule_stuck,
-)
+from gpuboard.core.holders import HoldersView, RunRemedy, release_dead_holder, remedy_run
 from gpuboard.core.reclaim import PENDING_STUCK_AFTER_S, Holder, StaleRun
 from gpuboard.core.text_format import human_age
 from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
@@ -204,7 +199,7 @@ class HoldersScreen(Screen[None]):
         if run.flow_run.state_type == "PENDING":
             self.notify(f"{run.flow_run.name} is Pending: s puts it back to Scheduled")
             return
-        self._ask_mark_crashed([run], f"Mark {run.flow_run.name} Crashed ({run.reason})?")
+        self._ask(f"Mark {run.flow_run.name} Crashed ({run.reason})?", "mark-crashed", [run])
 
     def action_reschedule(self) -> None:
         if self.read_only:
@@ -217,28 +212,48 @@ class HoldersScreen(Screen[None]):
             self.notify(f"{run.flow_run.name} is {run.flow_run.state_name}: only a Pending run")
             return
         name = run.flow_run.name
-        question = f"Put {name} back to Scheduled for any worker to take ({run.reason})?"
+        self._ask(
+            f"Put {name} back to Scheduled for any worker to take ({run.reason})?",
+            "reschedule",
+            [run],
+        )
 
+    def _ask(self, question: str, remedy: RunRemedy, runs: list[StaleRun]) -> None:
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._reschedule(run)
+                self._remedy(remedy, runs)
 
         self.app.push_screen(ConfirmDialog(question), confirmed)
 
     @work(group="holders-act", exit_on_error=False)
-    async def _reschedule(self, run: StaleRun) -> None:
-        name = run.flow_run.name
-        try:
-            mark = await reschedule_stuck(
-                run.flow_run.id, run.reason, name=name, api_url=self.api_url, read_only=False
-            )
-        except Exception as exc:
-            self.notify(f"{name} not rescheduled: {type(exc).__name__}: {exc}", severity="error")
-            return
-        if mark.marked:
-            self.notify(f"{name} is Scheduled again: the next free worker takes it")
-        else:
-            self.notify(f"{name} not rescheduled: {mark.detail}", severity="warning")
+    async def _remedy(self, remedy: RunRemedy, runs: list[StaleRun]) -> None:
+        """Exactly the runs the question named: a run flagged since is not touched."""
+        done: list[str] = []
+        refused: list[str] = []
+        for run in runs:
+            name = run.flow_run.name
+            try:
+                mark = await remedy_run(
+                    remedy,
+                    run.flow_run.id,
+                    run.reason,
+                    name=name,
+                    api_url=self.api_url,
+                    read_only=self.read_only,
+                )
+            except Exception as exc:
+                refused.append(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            if mark.marked:
+                done.append(name)
+            else:
+                refused.append(f"{name}: {mark.detail} (it is {mark.state_name or 'gone'})")
+        if done and remedy == "mark-crashed":
+            self.notify(f"Crashed now: {', '.join(done)}; their slots, if any, can be released")
+        elif done:
+            self.notify(f"Scheduled again: {', '.join(done)}; the next free worker takes them")
+        if refused:
+            self.notify("not changed: " + "; ".join(refused), severity="warning", timeout=10)
         self.action_read()
 
     def _selected_stale(self) -> StaleRun | None:
@@ -255,42 +270,7 @@ class HoldersScreen(Screen[None]):
         if not runs:
             self.notify("no stale Running run to mark", severity="warning")
             return
-        self._ask_mark_crashed(runs, f"Mark all {len(runs)} stale Running runs shown Crashed?")
-
-    def _ask_mark_crashed(self, runs: list[StaleRun], question: str) -> None:
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self._mark_crashed(runs)
-
-        self.app.push_screen(ConfirmDialog(question), confirmed)
-
-    @work(group="holders-act", exit_on_error=False)
-    async def _mark_crashed(self, runs: list[StaleRun]) -> None:
-        """Exactly the runs the question named: a run flagged since is not touched."""
-        marked: list[str] = []
-        refused: list[str] = []
-        for run in runs:
-            name = run.flow_run.name
-            try:
-                mark = await mark_stale_run_crashed(
-                    run.flow_run.id,
-                    run.reason,
-                    name=name,
-                    api_url=self.api_url,
-                    read_only=self.read_only,
-                )
-            except Exception as exc:
-                refused.append(f"{name}: {type(exc).__name__}: {exc}")
-                continue
-            if mark.marked:
-                marked.append(name)
-            else:
-                refused.append(f"{name}: {mark.detail} (it is {mark.state_name or 'gone'})")
-        if marked:
-            self.notify(f"Crashed now: {', '.join(marked)}; their slots, if any, can be released")
-        if refused:
-            self.notify("not marked: " + "; ".join(refused), severity="warning", timeout=10)
-        self.action_read()
+        self._ask(f"Mark all {len(runs)} stale Running runs shown Crashed?", "mark-crashed", runs)
 
     def _selected(self, table_id: str, rows: dict[str, _Row]) -> _Row | None:
         table = self.query_one(table_id, DataTable)
