@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from gpuboard.core.board_source import merge_readings
 from gpuboard.core.models import GpuReading, GpuSample
 
@@ -34,3 +36,30 @@ def test_a_worker_reading_stands_in_where_nvml_fails_here() -> None:
 def test_without_a_local_read_every_published_one_is_kept() -> None:
     published = [GpuReading("b", 1.0, workers=("w2",)), GpuReading("a", 1.0, workers=("w1",))]
     assert [r.host for r in merge_readings(None, published)] == ["a", "b"]
+
+
+def test_only_workers_in_the_boards_pid_namespace_have_their_processes_checked_here() -> None:
+    local = GpuReading("here", 100.0, local=True, pid_namespace="pid:[1]")
+    published = [
+        GpuReading("here", 95.0, workers=("same",), pid_namespace="pid:[1]"),
+        # Same host name, another PID namespace (a container): its PIDs are not ours.
+        GpuReading("here", 96.0, workers=("boxed",), pid_namespace="pid:[2]"),
+        GpuReading("here", 97.0, workers=("older",)),  # a gpuboard that does not say
+        GpuReading("there", 97.0, workers=("far",), pid_namespace="pid:[1]"),
+    ]
+    mine = merge_readings(local, published)[0]
+    assert mine.workers == ("boxed", "older", "same")
+    assert mine.workers_sharing_pids == ("same",)
+    # A board that cannot tell its own namespace checks nobody's processes.
+    blind = dataclasses.replace(local, pid_namespace="")
+    assert merge_readings(blind, published)[0].workers_sharing_pids == ()
+
+
+def test_the_pid_namespace_travels_in_the_published_payload() -> None:
+    from gpuboard.core.gpu_events import reading_from_payload, reading_to_payload
+
+    reading = GpuReading("here", 5.0, (gpu("here", 1),), pid_namespace="pid:[7]")
+    assert reading_from_payload("w", reading_to_payload(reading)).pid_namespace == "pid:[7]"
+    payload = reading_to_payload(reading)
+    del payload["pid_namespace"]  # published by an older gpuboard
+    assert reading_from_payload("w", payload).pid_namespace == ""

@@ -198,9 +198,21 @@ def merge_readings(local: GpuReading | None, published: list[GpuReading]) -> lis
     """One reading per machine: the board's own machine first, then by host.
 
     Workers on the board's machine publish what the board reads itself: the board's own
-    read is fresher, so it stands, and those workers are listed on it.
+    read is fresher, so it stands, and those workers are listed on it; those of them in the
+    board's PID namespace too (their runs' PIDs are the board's to check) in
+    `workers_sharing_pids`.
     """
     by_host: dict[str, GpuReading] = {}
+    here = local.pid_namespace if local is not None else ""
+    sharing = {
+        worker
+        for reading in published
+        if local is not None
+        and reading.host == local.host
+        and here
+        and reading.pid_namespace == here
+        for worker in reading.workers
+    }
     for reading in sorted(published, key=lambda r: r.sampled_at):
         known = by_host.get(reading.host)
         workers = tuple(sorted({*reading.workers, *(known.workers if known else ())}))
@@ -212,7 +224,13 @@ def merge_readings(local: GpuReading | None, published: list[GpuReading]) -> lis
         if mine is not None and local.unavailable and not mine.unavailable:
             merged.append(mine)
         else:
-            merged.append(dataclasses.replace(local, workers=mine.workers if mine else ()))
+            merged.append(
+                dataclasses.replace(
+                    local,
+                    workers=mine.workers if mine else (),
+                    workers_sharing_pids=tuple(sorted(sharing)),
+                )
+            )
     merged.extend(by_host[host] for host in sorted(by_host))
     return merged
 

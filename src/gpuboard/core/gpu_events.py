@@ -39,6 +39,7 @@ def reading_to_payload(reading: GpuReading) -> dict[str, Any]:
     return {
         "version": PAYLOAD_VERSION,
         "host": reading.host,
+        "pid_namespace": reading.pid_namespace,
         "sampled_at": reading.sampled_at,
         "unavailable": reading.unavailable,
         "gpus": [
@@ -91,6 +92,7 @@ def reading_from_payload(worker: str, payload: dict[str, Any]) -> GpuReading:
         gpus=gpus,
         unavailable=None if unavailable is None else str(unavailable),
         workers=(worker,),
+        pid_namespace=str(payload.get("pid_namespace") or ""),  # absent before 2026-11-29
     )
 
 

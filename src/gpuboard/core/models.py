@@ -96,6 +96,12 @@ class GpuReading:
     # The gpuboard workers that published this reading; empty for the board's own read.
     workers: tuple[str, ...] = ()
     local: bool = False  # read by this process rather than received from a worker
+    # The PID namespace of the process that read it ("" where unknown): a worker's runs'
+    # PIDs mean something to the board only where it is the board's own.
+    pid_namespace: str = ""
+    # Of `workers`, those whose runs' processes the board can see (same host and PID
+    # namespace): set on the board's own reading by merge_readings.
+    workers_sharing_pids: tuple[str, ...] = ()
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.sampled_at)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuboard.core.models import GpuProcess, GpuReading, GpuSample
+from gpuboard.core.process_identity import pid_namespace
 
 FLOW_RUN_ENV = b"PREFECT__FLOW_RUN_ID="  # set by Prefect in every flow-run process
 # After a failed initialisation, wait this long before trying again: a driver can be
@@ -63,7 +64,13 @@ class NvmlSource:
             now = self._clock()
             failure = self._ensure_initialised(now)
             if failure is not None:
-                return GpuReading(host=self.host, sampled_at=now, unavailable=failure, local=True)
+                return GpuReading(
+                    host=self.host,
+                    sampled_at=now,
+                    unavailable=failure,
+                    local=True,
+                    pid_namespace=pid_namespace(),
+                )
             nvml = self._backend
             try:
                 count = nvml.nvmlDeviceGetCount()
@@ -74,9 +81,15 @@ class NvmlSource:
                 self._initialised = False
                 self._failure, self._failed_at = _reason(nvml, exc), now
                 return GpuReading(
-                    host=self.host, sampled_at=now, unavailable=self._failure, local=True
+                    host=self.host,
+                    sampled_at=now,
+                    unavailable=self._failure,
+                    local=True,
+                    pid_namespace=pid_namespace(),
                 )
-            return GpuReading(host=self.host, sampled_at=now, gpus=gpus, local=True)
+            return GpuReading(
+                host=self.host, sampled_at=now, gpus=gpus, local=True, pid_namespace=pid_namespace()
+            )
 
     def close(self) -> None:
         with self._lock:

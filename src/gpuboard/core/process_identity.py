@@ -81,6 +81,11 @@ def _boot_time() -> float | None:
     return None
 
 
+def pid_namespace() -> str:
+    """This process's PID namespace, e.g. "pid:[4026531836]"; "" where the OS does not say."""
+    return _pid_namespace()
+
+
 def _pid_namespace() -> str:
     try:
         return os.readlink(_PROC / "self" / "ns" / "pid")

@@ -552,10 +552,10 @@ class GpuBoardApp(App[int]):
 
         workers = self.snapshot.workers if self.snapshot else ()
         gcls = [gcl_name(w.name) for w in workers if w.gcl is not None]
-        # The workers whose GPU readings come from this machine: their runs' processes are
+        # The workers on this machine and in this PID namespace: their runs' processes are
         # visible here, so a dead one is seen at once rather than after missed heartbeats.
         readings = self.snapshot.gpu_readings if self.snapshot else ()
-        local = {worker for reading in readings if reading.local for worker in reading.workers}
+        local = {w for reading in readings if reading.local for w in reading.workers_sharing_pids}
         read = partial(
             read_holders,
             gcls,
