@@ -5,6 +5,7 @@ heartbeats."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.poll_client import poll_client
-from gpuboard.core.prefect.pool import forget_worker
+from gpuboard.core.prefect.worker_process import publish_worker_process
+from gpuboard.core.process_identity import this_process
 from gpuboard.core.reclaim import find_stale_runs, reschedule_stuck_run
 from gpuboard.core.worker import (
     CSRF_SUPPORT_ENV,
@@ -123,8 +125,12 @@ async def test_runs_left_pending_by_a_dead_worker_go_back_to_scheduled(
         await prepare_worker(options)
         assert set((await states()).values()) == {"Pending"}
 
-        # Once it is not online (a killed worker's heartbeat goes stale; forgotten here).
-        await forget_worker(client, pool, dead_worker)
+        # Still online, but its previous life (its recorded process) is seen dead from
+        # here: a quick restart after a kill puts its runs back at once.
+        me = this_process()
+        assert me.start_ticks is not None
+        dead = dataclasses.replace(me, pid=exited_pid())
+        await publish_worker_process(client, dead_worker, dead)
         notes = await prepare_worker(options)
         assert any("2 run(s) left Pending" in note for note in notes), notes
         after = await states()

@@ -28,6 +28,12 @@ from gpuboard.core.gpu_events import start_gpu_publisher
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker, read_pool_workers
+from gpuboard.core.prefect.worker_process import (
+    forget_worker_process,
+    publish_worker_process,
+    read_worker_process,
+)
+from gpuboard.core.process_identity import is_running, this_process
 from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
 from gpuboard.core.reclaim import DEFAULT_INTERVAL_S, reclaim_forever, reschedule_orphans
 
@@ -94,12 +100,17 @@ async def prepare_worker(options: WorkerOptions) -> list[str]:
 
 
 async def _reschedule_orphans(options: WorkerOptions) -> list[str]:
-    """Runs a previous life of this worker left Pending go back to Scheduled. Not while a
-    worker of this name still counts online: a killed one does for up to ~25 s (then the
-    running reclaimer finds them after PENDING_STUCK_AFTER_S)."""
+    """Runs a previous life of this worker left Pending go back to Scheduled, and this
+    process is recorded as the worker's. Not while a worker of this name counts online,
+    unless that is a previous life seen dead from here: a killed worker counts online for
+    ~25 s (where it cannot be seen, the running reclaimer finds its runs after
+    PENDING_STUCK_AFTER_S)."""
     async with async_client(options.api_url) as client:
         online = {w.name for w in await read_pool_workers(client, options.pool) if w.online}
-        if options.worker_id in online:
+        previous = await read_worker_process(client, options.worker_id)
+        await publish_worker_process(client, options.worker_id, this_process())
+        seen_dead = previous is not None and is_running(previous) is False
+        if options.worker_id in online and not seen_dead:
             return []
         rescheduled = await reschedule_orphans(
             client, options.pool, options.worker_id, pending_after_s=0
@@ -230,6 +241,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
 async def _forget(options: WorkerOptions) -> None:
     async with async_client(options.api_url) as client:
         await forget_worker(client, options.pool, options.worker_id)
+        await forget_worker_process(client, options.worker_id)
 
 
 def _prepare_child() -> None:
