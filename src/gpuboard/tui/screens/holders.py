@@ -31,12 +31,12 @@ class HoldersScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,h", "leave", "Back", key_display="esc"),
-        Binding("x", "release", "Release slot", tooltip="Release the selected dead holder's slot"),
-        Binding("k", "mark_crashed", "Mark Crashed", tooltip="Mark the selected stale run Crashed"),
+        Binding("x", "release", "Release", tooltip="Release the selected dead holder's slot"),
+        Binding("k", "mark_crashed", "Crashed", tooltip="Mark the selected stale run Crashed"),
         Binding(
             "K",
             "mark_all_crashed",
-            "Mark all",
+            "All crashed",
             key_display="K",
             tooltip="Mark every stale run shown Crashed (asks first, with the number)",
         ),
