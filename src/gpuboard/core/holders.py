@@ -76,6 +76,13 @@ async def read_holders(
                 for gcl in gcls
             )
         )
+        # The records just read for the GCLs serve the stale check too (one read less),
+        # unless a GCL's read failed.
+        records = (
+            None
+            if any(report.errors for report in reports)
+            else [holder.record for report in reports for holder in report.holders]
+        )
         stale = await find_stale_runs(
             client,
             threshold,
@@ -83,6 +90,7 @@ async def read_holders(
             check_processes=check_processes,
             local_workers=local_workers,
             pending_after_s=PENDING_STUCK_AFTER_S if pending_after_s is None else pending_after_s,
+            records=records,
         )
     return HoldersView(
         read_at=time.time(), gcls=tuple(reports), stale=stale, stale_after_s=threshold

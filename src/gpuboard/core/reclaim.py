@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from uuid import UUID
@@ -334,6 +334,7 @@ async def find_stale_runs(
     check_processes: bool = True,
     local_workers: Collection[str] = (),
     pending_after_s: float = PENDING_STUCK_AFTER_S,
+    records: Sequence[LeaseRecord] | None = None,
     now: float | None = None,
 ) -> StaleReport:
     """Running and Pending flow runs (of `work_pool` / Prefect worker `worker` when given)
@@ -346,7 +347,8 @@ async def find_stale_runs(
     a Pending run Pending for `pending_after_s` (its worker died before its process
     reported Running: nothing will ever start it). A run whose process is seen running is
     never stale. `check_processes=False` goes by time only.
-    A few requests: the runs, their heartbeats (1 per 50 Running runs), the lease records.
+    A few requests: the runs, their heartbeats (1 per 50 Running runs), the lease records
+    (none where the caller passes `records` it has just read).
     """
     now = time.time() if now is None else now
     try:
@@ -364,7 +366,8 @@ async def find_stale_runs(
             earliest = min((run.state_since or now) for run in running)
             since = datetime.fromtimestamp(max(earliest - 60, now - 86400), tz=timezone.utc)
             beats = await read_last_heartbeats(client, [run.id for run in running], since)
-        records = await list_leases(client) if runs else []
+        if records is None:
+            records = await list_leases(client) if runs else []
     except Exception as exc:
         return StaleReport(
             checked_at=now, running=0, stale=(), errors=(_failure("read runs", exc),)
@@ -420,7 +423,7 @@ def _local_process_running(run: RunState) -> bool | None:
     return started is not None and started <= run.state_since + 2.0
 
 
-def _gone_reason(run: RunState, records: list[LeaseRecord]) -> str:
+def _gone_reason(run: RunState, records: Sequence[LeaseRecord]) -> str:
     if any(record.flow_run_id == run.id for record in records):
         return "its slot-holding process is gone"
     return f"its process {run.infrastructure_pid} on this machine is gone"
@@ -431,9 +434,11 @@ def default_stale_after_s() -> float:
     process's environment sets (a `gpuboard worker` passes its own to its runs), else the
     one `gpuboard worker` sets by default. Runs of plain Prefect workers beat every 180 s:
     where those are watched, set PREFECT_FLOWS_HEARTBEAT_FREQUENCY=180 for the board."""
-    raw = os.environ.get(FLOW_HEARTBEAT_ENV, "")
-    frequency = float(raw) if raw.replace(".", "", 1).isdigit() and float(raw) > 0 else None
-    return STALE_AFTER_BEATS * (frequency or FLOW_HEARTBEAT_S)
+    try:
+        frequency = float(os.environ.get(FLOW_HEARTBEAT_ENV, ""))
+    except ValueError:  # unset, or not a number: what gpuboard workers use
+        frequency = FLOW_HEARTBEAT_S
+    return STALE_AFTER_BEATS * (frequency if frequency > 0 else FLOW_HEARTBEAT_S)
 
 
 async def reschedule_stuck_run(client: PrefectClient, flow_run_id: UUID, reason: str) -> StateMark:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from prefect.client.orchestration import PrefectClient
+
 from gpuboard.core.config import (
     FLOW_HEARTBEAT_ENV,
     FLOW_HEARTBEAT_S,
@@ -25,7 +27,7 @@ from gpuboard.core.config import (
 )
 from gpuboard.core.config import validate_worker_id as config_validate_worker_id
 from gpuboard.core.gpu_events import start_gpu_publisher
-from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.client import async_client, csrf_protection
 from gpuboard.core.prefect.gcl import ensure_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker, read_pool_workers
 from gpuboard.core.prefect.worker_process import (
@@ -83,6 +85,7 @@ async def prepare_worker(options: WorkerOptions) -> list[str]:
     async with async_client(options.api_url) as client:
         pool_created = await ensure_work_pool(client, options.pool)
         gcl, gcl_created = await ensure_gcl(client, name, options.gpu_slots)
+        orphans = await _reschedule_orphans(client, options)
     notes = [f"work pool {options.pool!r} {'created' if pool_created else 'exists'}"]
     if gcl_created:
         notes.append(f"GCL {name} created with limit {gcl.limit}")
@@ -95,26 +98,24 @@ async def prepare_worker(options: WorkerOptions) -> list[str]:
         notes.append(f"GCL {name} exists with limit {gcl.limit}")
     if not gcl.active:
         notes.append(f"warning: GCL {name} is inactive: its runs will fail until it is active")
-    notes.extend(await _reschedule_orphans(options))
-    return notes
+    return notes + orphans
 
 
-async def _reschedule_orphans(options: WorkerOptions) -> list[str]:
+async def _reschedule_orphans(client: PrefectClient, options: WorkerOptions) -> list[str]:
     """Runs a previous life of this worker left Pending go back to Scheduled, and this
     process is recorded as the worker's. Not while a worker of this name counts online,
     unless that is a previous life seen dead from here: a killed worker counts online for
     ~25 s (where it cannot be seen, the running reclaimer finds its runs after
     PENDING_STUCK_AFTER_S)."""
-    async with async_client(options.api_url) as client:
-        online = {w.name for w in await read_pool_workers(client, options.pool) if w.online}
-        previous = await read_worker_process(client, options.worker_id)
-        await publish_worker_process(client, options.worker_id, this_process())
-        seen_dead = previous is not None and is_running(previous) is False
-        if options.worker_id in online and not seen_dead:
-            return []
-        rescheduled = await reschedule_orphans(
-            client, options.pool, options.worker_id, pending_after_s=0
-        )
+    online = {w.name for w in await read_pool_workers(client, options.pool) if w.online}
+    previous = await read_worker_process(client, options.worker_id)
+    await publish_worker_process(client, options.worker_id, this_process())
+    seen_dead = previous is not None and is_running(previous) is False
+    if options.worker_id in online and not seen_dead:
+        return []
+    rescheduled = await reschedule_orphans(
+        client, options.pool, options.worker_id, pending_after_s=0
+    )
     back = [run.name for run, mark in rescheduled if mark.marked]
     if not back:
         return []
@@ -167,19 +168,8 @@ def worker_environment(
 
 
 def server_csrf_protection(options: WorkerOptions) -> bool | None:
-    """Whether the server protects against CSRF; None where it cannot be told (then the
-    clients keep Prefect's default and ask)."""
-    import httpx
-
-    try:
-        response = httpx.get(
-            f"{options.api_url.rstrip('/')}/csrf-token", params={"client": "gpuboard"}, timeout=5
-        )
-    except httpx.HTTPError:
-        return None
-    if response.status_code == 422 and "disabled" in response.text:
-        return False
-    return True if response.is_success else None
+    """Whether the worker's server protects against CSRF (see `worker_environment`)."""
+    return csrf_protection(options.api_url)
 
 
 def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> int:

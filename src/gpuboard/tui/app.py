@@ -22,6 +22,7 @@ from gpuboard.core.board_source import SnapshotSource
 from gpuboard.core.config import DEPLOYMENT_FULL_NAME
 from gpuboard.core.idle import IDLE_AFTER_READS, IDLE_READ_EVERY_S, fingerprint
 from gpuboard.core.models import RunView, Snapshot, SourceError
+from gpuboard.tui.errors import operator_reason
 from gpuboard.tui.history import History
 from gpuboard.tui.messages import SnapshotReady
 from gpuboard.tui.screens.batch_dialog import BatchDialog
@@ -398,7 +399,9 @@ class GpuBoardApp(App[int]):
                     self.limit_overrides.pop(worker, None)
                 self._redraw()
                 self.notify(
-                    f"{worker}: limit not changed: {_reason(exc)}", severity="error", timeout=8
+                    f"{worker}: limit not changed: {operator_reason(exc)}",
+                    severity="error",
+                    timeout=8,
                 )
                 return
         if self.limit_overrides.get(worker, (None,))[0] == target:
@@ -459,7 +462,9 @@ class GpuBoardApp(App[int]):
             async with async_client(self.api_url) as client:
                 state = await create_worker_gcl(client, worker, limit, read_only=self.read_only)
         except Exception as exc:
-            self.notify(f"{worker}: no GCL created: {_reason(exc)}", severity="error", timeout=8)
+            self.notify(
+                f"{worker}: no GCL created: {operator_reason(exc)}", severity="error", timeout=8
+            )
             return
         self.notify(f"{state.name} created with limit {state.limit}")
         self.poll()
@@ -501,7 +506,9 @@ class GpuBoardApp(App[int]):
         try:
             outcome = await cancel_run(UUID(run.id), api_url=self.api_url, read_only=self.read_only)
         except Exception as exc:
-            self.notify(f"{run.name} not cancelled: {_reason(exc)}", severity="error", timeout=8)
+            self.notify(
+                f"{run.name} not cancelled: {operator_reason(exc)}", severity="error", timeout=8
+            )
             return
         if outcome.status == "cancelled":
             self.notify(f"{run.name} cancelled")
@@ -519,7 +526,7 @@ class GpuBoardApp(App[int]):
         try:
             run_ids = await queued_run_ids(self.pool, api_url=self.api_url)
         except Exception as exc:
-            self.notify(f"cannot read the queued runs: {_reason(exc)}", severity="error")
+            self.notify(f"cannot read the queued runs: {operator_reason(exc)}", severity="error")
             return
         if not run_ids:
             self.notify(f"no queued run in pool {self.pool}")
@@ -533,7 +540,7 @@ class GpuBoardApp(App[int]):
                 run_ids, api_url=self.api_url, target=f"pool {self.pool}", read_only=self.read_only
             )
         except Exception as exc:
-            self.notify(f"cancelling failed: {_reason(exc)}", severity="error", timeout=8)
+            self.notify(f"cancelling failed: {operator_reason(exc)}", severity="error", timeout=8)
             return
         cancelled = sum(o.status == "cancelled" for o in outcomes)
         started = sum(o.status == "not-queued" for o in outcomes)
@@ -615,21 +622,3 @@ def run_dashboard(pool: str, refresh: float, api_url: str | None, read_only: boo
     )
     result = app.run()
     return result if isinstance(result, int) else (app.return_code or 0)
-
-
-def _reason(exc: BaseException) -> str:
-    """An error as the operator should read it: the server's detail when there is one."""
-    from gpuboard.core.prefect.auth_errors import unauthorized_message
-
-    unauthorized = unauthorized_message(exc)
-    if unauthorized is not None:
-        return unauthorized
-    response = getattr(exc, "response", None)
-    if response is not None:
-        try:
-            detail = response.json().get("detail")
-        except Exception:
-            detail = None
-        if detail:
-            return f"{detail} (HTTP {response.status_code})"
-    return str(exc) or type(exc).__name__

@@ -32,6 +32,23 @@ def sync_client(api_url: str | None = None) -> SyncPrefectClient:
     )
 
 
+def csrf_protection(api_url: str) -> bool | None:
+    """Whether the server at `api_url` protects against CSRF: False where it says it is off
+    (Prefect's default), None where it cannot be told (unreachable, refused)."""
+    import httpx
+
+    try:
+        with sync_client(api_url) as client:
+            client.request("GET", "/csrf-token", params={"client": "gpuboard"})
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 422 and "disabled" in exc.response.text:
+            return False
+        return None
+    except httpx.HTTPError:
+        return None
+    return True
+
+
 def _secret(value: object) -> str | None:
     if value is None:
         return None

@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, Label
 from gpuboard.core.holders import HoldersView, RunRemedy, release_dead_holder, remedy_run
 from gpuboard.core.reclaim import PENDING_STUCK_AFTER_S, Holder, StaleRun
 from gpuboard.core.text_format import human_age
+from gpuboard.tui.errors import operator_reason
 from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 
 READ_EVERY_S = 2.0
@@ -100,7 +101,7 @@ class HoldersScreen(Screen[None]):
         try:
             view = await self.read()
         except Exception as exc:  # shown, kept on screen, read again next interval
-            self._show_status(f"reading failed: {type(exc).__name__}: {exc}", error=True)
+            self._show_status(f"reading failed: {operator_reason(exc)}", error=True)
             return
         finally:
             self._reading = False
@@ -149,11 +150,17 @@ class HoldersScreen(Screen[None]):
         status.update(text)
         status.set_class(error, "-invalid")
 
-    # -- the two remedies ----------------------------------------------------------------
+    # -- the remedies ---------------------------------------------------------------------
+
+    def _refused_read_only(self, what: str) -> bool:
+        """True (and the operator told) where this board is read-only: the palette reaches
+        actions whose keys are greyed."""
+        if self.read_only:
+            self.notify(f"read-only: {what} is disabled", severity="warning")
+        return self.read_only
 
     def action_release(self) -> None:
-        if self.read_only:
-            self.notify("read-only: releasing a slot is disabled", severity="warning")
+        if self._refused_read_only("releasing a slot"):
             return
         selected = self._selected("#slot-holders", self._holders)
         if selected is None:
@@ -179,7 +186,7 @@ class HoldersScreen(Screen[None]):
                 gcl, lease_id, api_url=self.api_url, read_only=self.read_only
             )
         except Exception as exc:
-            self.notify(f"slot not released: {type(exc).__name__}: {exc}", severity="error")
+            self.notify(f"slot not released: {operator_reason(exc)}", severity="error")
             return
         if release.error:
             self.notify(f"slot not released: {release.error}", severity="warning")
@@ -190,8 +197,7 @@ class HoldersScreen(Screen[None]):
         self.action_read()
 
     def action_mark_crashed(self) -> None:
-        if self.read_only:
-            self.notify("read-only: marking a run Crashed is disabled", severity="warning")
+        if self._refused_read_only("marking a run Crashed"):
             return
         run = self._selected_stale()
         if run is None:
@@ -202,8 +208,7 @@ class HoldersScreen(Screen[None]):
         self._ask(f"Mark {run.flow_run.name} Crashed ({run.reason})?", "mark-crashed", [run])
 
     def action_reschedule(self) -> None:
-        if self.read_only:
-            self.notify("read-only: rescheduling a run is disabled", severity="warning")
+        if self._refused_read_only("rescheduling a run"):
             return
         run = self._selected_stale()
         if run is None:
@@ -242,7 +247,7 @@ class HoldersScreen(Screen[None]):
                     read_only=self.read_only,
                 )
             except Exception as exc:
-                refused.append(f"{name}: {type(exc).__name__}: {exc}")
+                refused.append(f"{name}: {operator_reason(exc)}")
                 continue
             if mark.marked:
                 done.append(name)
@@ -263,8 +268,7 @@ class HoldersScreen(Screen[None]):
         return run
 
     def action_mark_all_crashed(self) -> None:
-        if self.read_only:
-            self.notify("read-only: marking runs Crashed is disabled", severity="warning")
+        if self._refused_read_only("marking runs Crashed"):
             return
         runs = [run for run in self._stale.values() if run.flow_run.state_type == "RUNNING"]
         if not runs:
