@@ -1,21 +1,25 @@
 """The `process-image` flow: fetch an image, read its text under the worker's GPU slot, save it.
 
-A thin layer over gpuboard.core. Only the inference runs inside `gpu_slot()`: the
-download, the model load and the save overlap freely with other runs on the worker.
+A thin layer over gpuboard.core. The GPU step goes to the worker's inference host, which
+holds the model and takes the worker's GPU slot for it; this process never loads the
+model. Without a host (a plain Prefect worker) the step loads the model itself, inside
+the slot. Download and save overlap freely with other runs on the worker.
 """
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.states import State
 
 from gpuboard.core.config import FLOW_NAME, current_worker_id
 from gpuboard.core.images import LoadedImage, load_image, parse_source
-from gpuboard.core.inference import InferenceError, OcrResult, load_model
-from gpuboard.core.results import Timings, save_result
-from gpuboard.core.slot import gpu_slot
+from gpuboard.core.ocr_step import StepResult, flow_process_facts, host_went_away, read_text
+from gpuboard.core.results import save_result
 
 # Pixels pass between tasks in memory: every task has no cache policy (hashing
 # megapixels per task is waste) and no persisted result (a pickle on disk per image).
@@ -27,42 +31,42 @@ def download_image(image_id: int, source: str) -> LoadedImage:
     return load_image(image_id, source)
 
 
-@task(name="load_model", cache_policy=NO_CACHE, persist_result=False)
-def prepare_model() -> float:
-    """Load this process's OCR model before the GPU slot is asked for; return the seconds spent.
+def _retry_if_host_lost(_task: Task[Any, Any], _run: TaskRun, state: State[Any]) -> bool:
+    """Retry the GPU step only when the inference host died under it: a bad image or a
+    missing GCL fails the same way again."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:
+        return False
+    return host_went_away(error if isinstance(error, BaseException) else None)
 
-    A task of its own so the board tells loading (CPU-bound, minutes-free) from waiting for a
-    slot; the model stays cached in the process for `run_ml_model`.
-    """
-    return load_model()[1]
 
-
-@task(name="run_ml_model", cache_policy=NO_CACHE, persist_result=False)
-def run_ml_model(image: LoadedImage, worker: str, model_load_s: float) -> tuple[OcrResult, Timings]:
-    """OCR the image inside this worker's GPU slot; only the inference holds the slot."""
-    model, _ = load_model()  # cached by prepare_model in this process
-    with gpu_slot(worker) as slot:
-        started_at, started = time.time(), time.perf_counter()
-        try:
-            ocr = model.read(image.pixels)
-        except Exception as exc:
-            raise InferenceError(f"image {image.image_id}: OCR failed: {exc}") from exc
-        inference_s, ended_at = time.perf_counter() - started, time.time()
-    timings = Timings(
-        download_s=image.fetch_s,
-        model_load_s=model_load_s,
-        slot_wait_s=slot.wait_s,
-        inference_s=inference_s,
-        inference_started_at=started_at,
-        inference_ended_at=ended_at,
+@task(
+    name="run_ml_model",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_retry_if_host_lost,
+)
+def run_ml_model(image: LoadedImage, worker: str) -> StepResult:
+    """OCR the image under this worker's GPU slot; only the inference holds the slot."""
+    task_run = TaskRunContext.get()
+    flow_run = FlowRunContext.get()
+    return read_text(
+        image,
+        worker,
+        task_run_id=str(task_run.task_run.id) if task_run else None,
+        flow_run_id=str(flow_run.flow_run.id) if flow_run and flow_run.flow_run else None,
+        log=get_run_logger(),
     )
-    return ocr, timings
 
 
 @task(name="save_results", cache_policy=NO_CACHE, persist_result=False)
-def save_results(image_id: int, worker: str, ocr: OcrResult, timings: Timings) -> str:
+def save_results(image_id: int, worker: str, step: StepResult) -> str:
     """Write the JSON result atomically; return its path."""
-    return str(save_result(image_id, worker, ocr, timings))
+    execution = {**step.execution, "flow_process": flow_process_facts()}
+    return str(save_result(image_id, worker, step.ocr, step.timings, execution=execution))
 
 
 @flow(name=FLOW_NAME, persist_result=False)
@@ -72,14 +76,15 @@ def process_image(image_id: int, source: str = "sample") -> str:
     worker = current_worker_id()
     parse_source(source)
     image = download_image(image_id, source)
-    model_load_s = prepare_model()
-    ocr, timings = run_ml_model(image, worker, model_load_s)
-    path = save_results(image_id, worker, ocr, timings)
+    step = run_ml_model(image, worker)
+    path = save_results(image_id, worker, step)
+    timings = step.timings
     get_run_logger().info(
-        "image %s: %r on %s (model load %.2fs, slot wait %.2fs, inference %.2fs)",
+        "image %s: %r on %s via %s (model load %.2fs, slot wait %.2fs, inference %.2fs)",
         image_id,
-        ocr.text,
-        ocr.provider,
+        step.ocr.text,
+        step.ocr.provider,
+        step.execution.get("mode"),
         timings.model_load_s,
         timings.slot_wait_s,
         timings.inference_s,

@@ -35,7 +35,8 @@ TIMINGS = Timings(
 
 
 def test_saves_the_whole_record_under_the_results_dir(isolated_home: Path) -> None:
-    path = save_result(42, "gpu-1", OCR, TIMINGS)
+    execution = {"mode": "inference-host", "host_pid": 7}
+    path = save_result(42, "gpu-1", OCR, TIMINGS, execution=execution)
     assert path == isolated_home / "results" / "42.json" == result_path(42)
     assert json.loads(path.read_text()) == {
         "image_id": 42,
@@ -52,7 +53,9 @@ def test_saves_the_whole_record_under_the_results_dir(isolated_home: Path) -> No
             "inference_s": 0.1,
             "inference_started_at": 1_700_000_000.0,
             "inference_ended_at": 1_700_000_000.1,
+            "transfer_s": None,
         },
+        "execution": {"mode": "inference-host", "host_pid": 7},
     }
 
 

@@ -178,7 +178,11 @@ class GpuPublisher:
                         await publish_reading(client, self.worker_id, reading)
                     except Exception as exc:
                         if not failing:
-                            log.warning("cannot publish GPU samples to %s: %s", api_url, exc)
+                            log.warning(
+                                "cannot publish GPU samples to %s: %s",
+                                api_url,
+                                str(exc) or type(exc).__name__,
+                            )
                         failing = True
                     else:
                         if failing:

@@ -1,8 +1,10 @@
 """Reads the text of an image with the PP-OCR ONNX models shipped in `rapidocr`.
 
-The model is loaded once per process (`load_model()`), on the CUDA execution provider
-only where onnxruntime offers it *and* an NVIDIA GPU with its libraries is present, and
-reports the provider its ONNX sessions really run on.
+The model is loaded on the CUDA execution provider only where onnxruntime offers it *and*
+an NVIDIA GPU with its libraries is present, and reports the provider its ONNX sessions
+really run on. The inference host loads it once per worker with `ModelSettings` (which
+GPU, how many threads, the arena cap); `load_model()` is the once-per-process cache of
+the host-less way (a plain Prefect worker).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import ctypes
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,37 @@ _RAPIDOCR_PARAMS: dict[str, Any] = {
 }
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How and where the model is loaded."""
+
+    use_cuda: bool | None = None  # None: where a usable CUDA GPU is present
+    gpu_index: int = 0  # the CUDA device, in PCI bus order (NVML's numbering)
+    # ONNX Runtime intra-op threads per session; None: its default (every core). Several
+    # hosts on one machine each get their share rather than all of it.
+    threads: int | None = None
+    # Cap on the CUDA arena in bytes (ONNX Runtime's `gpu_mem_limit`); None: no cap.
+    gpu_memory_limit: int | None = None
+
+    def rapidocr_params(self, use_cuda: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            **_RAPIDOCR_PARAMS,
+            "EngineConfig.onnxruntime.use_cuda": use_cuda,
+            "EngineConfig.onnxruntime.cuda_ep_cfg.device_id": self.gpu_index,
+            # Grow the arena by what is asked, not to the next power of two: the memory a
+            # host holds is then what its inferences needed, which the advisor reads.
+            "EngineConfig.onnxruntime.cuda_ep_cfg.arena_extend_strategy": "kSameAsRequested",
+        }
+        if self.gpu_memory_limit is not None:
+            params["EngineConfig.onnxruntime.cuda_ep_cfg.gpu_mem_limit"] = self.gpu_memory_limit
+        if self.threads is not None:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = self.threads
+            # One request's graph runs its operators in sequence; concurrency comes from
+            # concurrent requests, each on the intra-op pool.
+            params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
+        return params
 
 
 class InferenceError(RuntimeError):
@@ -55,23 +89,41 @@ class OcrModel:
     concurrent runs, and the state rapidocr keeps per call is the same for every call.
     """
 
-    def __init__(self, engine: Any, name: str, provider: str) -> None:
+    def __init__(self, engine: Any, name: str, provider: str, device: str = "cpu") -> None:
         self._engine = engine
         self.name = name
         self.provider = provider
+        self.device = device
 
     @classmethod
-    def create(cls, use_cuda: bool | None = None) -> OcrModel:
-        """Build and warm up the engine; `use_cuda=None` decides from the machine."""
+    def create(
+        cls,
+        use_cuda: bool | None = None,
+        *,
+        settings: ModelSettings | None = None,
+        sessions_created: Callable[[], None] | None = None,
+    ) -> OcrModel:
+        """Build and warm up the engine; `use_cuda=None` decides from the machine.
+
+        `sessions_created` is called once the ONNX sessions exist and before the warm-up
+        read (the host measures the model's GPU memory there).
+        """
         from rapidocr import RapidOCR  # heavy import (cv2, omegaconf): only when needed
 
-        wanted_cuda = cuda_usable() if use_cuda is None else use_cuda
-        engine = RapidOCR(
-            params={**_RAPIDOCR_PARAMS, "EngineConfig.onnxruntime.use_cuda": wanted_cuda}
-        )
-        # rapidocr creates its ONNX sessions on first use, and the first run of a
-        # session allocates its buffers: read a tiny rendered word now so that "model
-        # load" holds all of that and inference times are steady from the first image.
+        settings = settings or ModelSettings(use_cuda=use_cuda)
+        wanted = settings.use_cuda if use_cuda is None else use_cuda
+        wanted_cuda = cuda_usable(settings.gpu_index) if wanted is None else wanted
+        engine = RapidOCR(params=settings.rapidocr_params(wanted_cuda))
+        if sessions_created is not None:
+            # rapidocr creates its ONNX sessions on first use. Its own lazy loaders make
+            # them now, without a read (private names: where a later rapidocr lacks them,
+            # the sessions come with the warm-up and the model's memory includes one read).
+            for load in ("_load_det_model", "_load_rec_model"):
+                getattr(engine, load, lambda: None)()
+            sessions_created()
+        # The first run of a session allocates its buffers: read a tiny rendered word now
+        # so that "model load" holds all of that and inference times are steady from the
+        # first image.
         warm = _engine_read(engine, _warm_up_image())
         if not warm.txts:
             raise InferenceError("OCR warm-up read no text: the model is not working")
@@ -81,7 +133,8 @@ class OcrModel:
         sessions = (det.session.session, rec.session.session)
         providers = {session.get_providers()[0] for session in sessions}
         name = "+".join(_model_name(session) for session in sessions)
-        return cls(engine, name, "+".join(sorted(providers)))
+        device = f"cuda:{settings.gpu_index}" if providers == {CUDA_PROVIDER} else "cpu"
+        return cls(engine, name, "+".join(sorted(providers)), device)
 
     def read(self, pixels: np.ndarray) -> OcrResult:
         """OCR an RGB uint8 image (height × width × 3)."""
@@ -140,8 +193,8 @@ def load_model() -> tuple[OcrModel, float]:
         return model, time.perf_counter() - started
 
 
-def cuda_usable() -> bool:
-    """True when onnxruntime offers CUDA and an NVIDIA GPU with its libraries is here.
+def cuda_usable(gpu_index: int = 0) -> bool:
+    """True when onnxruntime offers CUDA and NVIDIA GPU `gpu_index` with its libraries is here.
 
     onnxruntime-gpu lists CUDA even on machines without a GPU and, asked for it there,
     logs an ERROR and runs on the CPU anyway (DESIGN.md), so both are checked first.
@@ -150,7 +203,7 @@ def cuda_usable() -> bool:
 
     if CUDA_PROVIDER not in onnxruntime.get_available_providers():
         return False
-    if nvidia_gpu_count() == 0:
+    if nvidia_gpu_count() <= gpu_index:
         return False
     try:
         # Loads CUDA and cuDNN from pip's nvidia-* packages when those are installed.

@@ -34,6 +34,9 @@ class Timings:
     # most `limit` deep, which is what the integration tests check.
     inference_started_at: float
     inference_ended_at: float
+    # Through an inference host: the round trip beyond the host's own time (sending the
+    # pixels, the answer back). None where the step ran in the flow-run process.
+    transfer_s: float | None = None
 
 
 def result_path(image_id: int, directory: Path | None = None) -> Path:
@@ -41,8 +44,14 @@ def result_path(image_id: int, directory: Path | None = None) -> Path:
     return (directory or results_dir()) / f"{image_id}.json"
 
 
-def result_record(image_id: int, worker: str, ocr: OcrResult, timings: Timings) -> dict[str, Any]:
-    """The JSON document saved for one image."""
+def result_record(
+    image_id: int,
+    worker: str,
+    ocr: OcrResult,
+    timings: Timings,
+    execution: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON document saved for one image; `execution` says where its GPU step ran."""
     return {
         "image_id": image_id,
         "worker": worker,
@@ -52,6 +61,7 @@ def result_record(image_id: int, worker: str, ocr: OcrResult, timings: Timings) 
         "model": ocr.model,
         "provider": ocr.provider,
         "timings": asdict(timings),
+        "execution": execution or {},
     }
 
 
@@ -61,11 +71,12 @@ def save_result(
     ocr: OcrResult,
     timings: Timings,
     directory: Path | None = None,
+    execution: dict[str, Any] | None = None,
 ) -> Path:
     """Write the result of `image_id` to `<results_dir>/<image_id>.json`; return its path."""
     path = result_path(image_id, directory)
     try:
-        write_json_atomically(path, result_record(image_id, worker, ocr, timings))
+        write_json_atomically(path, result_record(image_id, worker, ocr, timings, execution))
     except OSError as exc:  # full disk, read-only mount, a file where the folder should be
         raise ResultError(f"image {image_id}: cannot save the result to {path}: {exc}") from exc
     return path

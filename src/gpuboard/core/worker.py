@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -27,6 +27,10 @@ from gpuboard.core.config import (
 )
 from gpuboard.core.config import validate_worker_id as config_validate_worker_id
 from gpuboard.core.gpu_events import start_gpu_publisher
+from gpuboard.core.host.client import SOCKET_ENV
+from gpuboard.core.host.publisher import HostStatePublisher
+from gpuboard.core.host.supervisor import HostConfig, HostSupervisor, default_socket_path
+from gpuboard.core.inference import ModelSettings
 from gpuboard.core.prefect.client import async_client, csrf_protection
 from gpuboard.core.prefect.gcl import ensure_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker, read_pool_workers
@@ -66,6 +70,14 @@ class WorkerOptions:
     runs: int  # flow runs at once: the worker's `--limit`
     gpu_slots: int  # the GCL's limit, used only when the GCL is created
     api_url: str
+    # How its inference host loads the model: which GPU, threads, arena cap.
+    model: ModelSettings = field(default_factory=ModelSettings)
+    # Where the host listens; None: default_socket_path(worker_id).
+    socket_path: Path | None = None
+
+    @property
+    def host_socket(self) -> Path:
+        return self.socket_path or default_socket_path(self.worker_id)
 
 
 def validate_worker_id(worker_id: str) -> str:
@@ -164,6 +176,7 @@ def worker_environment(
     env["PREFECT_API_URL"] = options.api_url
     env[WORKER_ID_ENV] = options.worker_id  # picks the GCL gpu:<id> in the flow run
     env[PROJECT_DIR_ENV] = str(project_dir)  # prefect.yaml's pull step moves there
+    env[SOCKET_ENV] = str(options.host_socket)  # the GPU step goes to the inference host
     return env
 
 
@@ -199,6 +212,13 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
     ).start()
     # This machine's NVML readings go to the server as events, so a board anywhere shows them.
     publisher = start_gpu_publisher(options.worker_id, api_url=options.api_url)
+    # The one process of this worker that loads the model and touches the GPU.
+    host_states = HostStatePublisher(options.api_url).start()
+    host = HostSupervisor(
+        HostConfig(options.worker_id, options.api_url, options.host_socket, options.model),
+        say=log,
+        on_state=host_states.update,
+    ).start()
     child = subprocess.Popen(
         worker_command(options),
         env=worker_environment(options, project_dir, server_csrf=server_csrf_protection(options)),
@@ -218,6 +238,8 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
         returncode = child.wait()
     finally:
         stop_reclaiming.set()
+        host.stop()
+        host_states.stop()
         publisher.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
