@@ -23,14 +23,14 @@ OUT_ENV = "BENCH_OUT"
 
 
 def process_started_at(pid: int | str = "self") -> float:
-    """Epoch seconds when process `pid` started (fork time; an exec keeps it), from /proc."""
+    """Epoch seconds when process `pid` started (fork time; an exec keeps it), from /proc.
+
+    Boot time is taken as now - /proc/uptime (10 ms), not /proc/stat's btime: that one is
+    whole seconds, up to 1 s off, which every process start would inherit.
+    """
     stat = Path(f"/proc/{pid}/stat").read_text()
     start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
-    boot = next(
-        int(line.split()[1])
-        for line in Path("/proc/stat").read_text().splitlines()
-        if line.startswith("btime ")
-    )
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
     return boot + start_ticks / os.sysconf("SC_CLK_TCK")
 
 

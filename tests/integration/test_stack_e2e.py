@@ -159,8 +159,24 @@ async def test_twelve_sample_runs_on_two_workers_hold_each_gpu_limit(
     assert set(states.values()) == {StateType.COMPLETED}, f"{states}\n{logs}"
 
     records = [json.loads((results / f"{i}.json").read_text()) for i in range(1, IMAGES + 1)]
+    hosts: dict[str, set[tuple[int, float]]] = {w: set() for w in workers}
     for record in records:
         assert record["text"] == sample_text(record["image_id"])
+        execution = record["execution"]
+        # The GPU step went to the worker's inference host; the flow-run process never
+        # imported the model stack.
+        assert execution["mode"] == "inference-host", execution
+        assert execution["flow_process"]["onnxruntime_imported"] is False
+        assert execution["flow_process"]["rapidocr_imported"] is False
+        assert record["timings"]["model_load_s"] == 0.0
+        hosts[record["worker"]].add((execution["host_pid"], execution["host_started_at"]))
+    # The model was loaded once per worker for the whole batch.
+    assert all(len(loads) == 1 for loads in hosts.values()), hosts
+    # Waiting for a slot is not failure: no ERROR line, no traceback in the workers' logs.
+    for worker in workers:
+        log = (tmp_path / f"{worker}.log").read_text(errors="replace")
+        bad = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
+        assert not bad, f"{worker}: {bad[:5]}"
     by_worker: dict[str, list[tuple[float, float]]] = {w: [] for w in workers}
     for record in records:
         timings = record["timings"]
@@ -336,3 +352,59 @@ async def test_a_killed_worker_restarted_takes_up_its_queued_runs_again(
         f"{len(queued)} queued/Pending runs completed {time.monotonic() - restarted:.0f} s "
         f"after the restart; {len(running)} Running flagged stale at once"
     )
+
+
+def _host_pid(worker: str) -> int | None:
+    """The pid of `worker`'s inference host, from /proc."""
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = entry.read_bytes().split(b"\0")
+            if b"gpuboard.inference_host" in argv and worker.encode() in argv:
+                return int(entry.parent.name)
+    return None
+
+
+async def test_a_killed_inference_host_is_restarted_and_every_run_completes(
+    prefect_server: LocalServer, children: Children, tmp_path: Path
+) -> None:
+    """SIGKILL the worker's inference host in the middle of a batch: `gpuboard worker`
+    releases the slots it held and starts it again; the GPU steps it was serving fail
+    with HostLost and are retried; every run completes, none twice."""
+    api_url = prefect_server.api_url
+    suffix = uuid.uuid4().hex[:6]
+    pool, worker = f"hostkill-{suffix}", f"hostkill-{suffix}"
+    async with async_client(api_url) as client:
+        await ensure_work_pool(client, pool)
+    deploy_process_image(find_project_dir(), api_url, pool=pool)
+    results = tmp_path / "results"
+    env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_RESULTS_DIR": str(results)}
+    command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
+    command += ["--api-url", api_url, "--gpu-slots", "2", "--runs", "3"]
+    log_path = tmp_path / "worker.log"
+    children.start(command, env, log_path)
+    await wait_for_online(api_url, pool, {worker}, timeout=120)
+    report = await submit_batch(range(1, 9), batch=f"hostkill-{suffix}", api_url=api_url)
+
+    async def active() -> int:
+        async with async_client(api_url) as client:
+            gcl = await read_gcl(client, gcl_name(worker))
+        assert gcl is not None
+        return gcl.active_slots
+
+    deadline = time.monotonic() + 180
+    while await active() == 0:  # killed while it holds a slot for a run
+        assert time.monotonic() < deadline, "the host never took a slot"
+        await asyncio.sleep(0.05)
+    first = _host_pid(worker)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    states = await wait_for_final_states(api_url, report.flow_run_ids, timeout=400)
+    log = log_path.read_text(errors="replace")
+    assert set(states.values()) == {StateType.COMPLETED}, f"{states}\n{log[-3000:]}"
+    assert "was killed by SIGKILL" in log and "restarting in" in log
+    records = [json.loads((results / f"{i}.json").read_text()) for i in range(1, 9)]
+    assert [r["text"] for r in records] == [sample_text(i) for i in range(1, 9)]
+    assert {r["execution"]["host_pid"] for r in records} - {first}  # the new host served
+    assert await active() == 0
+    print(f"\nhost killed; the 8 runs completed {time.monotonic() - killed:.0f} s later")

@@ -38,6 +38,9 @@ HANDOFF_MAX_S = 1.0
 PAUSE_POLL_S = 1.0  # a paused GCL (limit 0) is asked again this often
 BUSY_RETRY_S = (0.05, 0.3)  # a 503 / no answer: ask again after a short random delay
 ERROR_RETRY_S = 1.0
+# How stale the queue's knowledge that its GCL exists and is enabled may be: a GCL
+# disabled by an operator lets at most this long of requests through unlimited.
+GCL_CHECK_EVERY_S = 1.0
 
 
 class SlotUnusable(RuntimeError):
@@ -108,6 +111,7 @@ class SlotQueue:
         self._arrived = asyncio.Event()
         self._returned = asyncio.Event()
         self._full_tries = 0  # refusals in a row because every slot was taken
+        self._gcl_checked_at = -GCL_CHECK_EVERY_S
         self.state = QueueState()
 
     # -- what the server side of the host calls ----------------------------------------
@@ -177,6 +181,9 @@ class SlotQueue:
             self._drop(ticket)
             return
         try:
+            if not await self._gcl_usable():
+                await self._fail_all(await self._unusable_reason())
+                return
             answer = await leased_slots.acquire(
                 self._client,
                 self.gcl,
@@ -194,6 +201,8 @@ class SlotQueue:
             self._full_tries = 0
         elif answer.answer == "full":
             self._set_paused(False)
+            if self._unreleased:  # the limit is above 0 again: what a pause kept can go
+                await self._retry_unreleased()
             await self._wait_for_return(_handoff_delay(self._full_tries))
             self._full_tries += 1
         elif answer.answer == "paused":
@@ -202,6 +211,7 @@ class SlotQueue:
         elif answer.answer == "busy":
             await asyncio.sleep(random.uniform(*BUSY_RETRY_S))
         else:
+            self._gcl_checked_at = -GCL_CHECK_EVERY_S  # read it before the next ask
             await self._fail_all(await self._unusable_reason())
 
     async def _grant(self, ticket: _Ticket, lease_id: UUID) -> None:
@@ -232,6 +242,19 @@ class SlotQueue:
             if not ticket.result.done():
                 ticket.result.set_exception(SlotUnusable(reason))
         self._changed()
+
+    async def _gcl_usable(self) -> bool:
+        """Whether the GCL exists and is enabled, read at most every GCL_CHECK_EVERY_S.
+
+        A grant's answer shows a missing GCL but not a disabled one (the server grants a
+        lease that limits nothing), so the GCL itself is read, at most once a second.
+        """
+        now = time.monotonic()
+        if now - self._gcl_checked_at < GCL_CHECK_EVERY_S:
+            return True
+        state = await read_gcl(self._client, self.gcl)
+        self._gcl_checked_at = now
+        return state is not None and state.active
 
     async def _unusable_reason(self) -> str:
         worker = self.worker
@@ -289,7 +312,7 @@ class SlotQueue:
             return
 
     async def _retry_unreleased(self) -> None:
-        """After a grant (so the limit is above 0), release what a pause kept."""
+        """Once the limit is above 0 (a grant, or a 423), release what a pause kept."""
         for lease_id, since in list(self._unreleased.items()):
             if time.monotonic() - since > self.lease_seconds:
                 del self._unreleased[lease_id]  # expired: the server has freed it
