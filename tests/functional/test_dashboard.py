@@ -144,7 +144,7 @@ async def test_workers_panel_shows_slots_steps_and_protection(fleet: Fleet) -> N
         assert paused["slots"] == "PAUSED" and paused["waiting"] == "1" and paused["infer"] == "0"
         assert row(app, fleet.bare)["slots"] == "UNPROTECTED"
         assert row(app, fleet.bare)["infer"] == "1"  # no GCL: nothing makes it wait
-        assert row(app, fleet.bare)["load"] == "1"
+        assert row(app, fleet.bare)["host"] == "—"  # a plain worker: no inference host
         assert row(app, fleet.disabled)["slots"] == "UNPROTECTED"
         gone = row(app, fleet.gone)
         assert gone["status"] == "gone" and gone["slots"].strip().endswith("0/2")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from gpuboard.core.host.state import HostState, SlotHolder
 from gpuboard.core.models import (
     GclState,
     GpuProcess,
@@ -52,21 +53,61 @@ def fleet_snapshot(**changes: Any) -> Snapshot:
         index=0,
         uuid="GPU-1",
         name="NVIDIA H100 80GB HBM3",
-        memory_used=31 * GIB,
+        memory_used=int(12.6 * GIB),
         memory_total=80 * GIB,
         utilization=87,
         processes=(
-            GpuProcess(4001, int(7.1 * GIB), "r1", "brave-otter"),
-            GpuProcess(4002, int(6.5 * GIB), "r2", "calm-heron"),
-            GpuProcess(4003, int(6.8 * GIB), "r3", "lucid-moth"),
+            GpuProcess(4001, int(9.3 * GIB), host_of="gpu-1"),
+            GpuProcess(3100, int(3.3 * GIB)),
         ),
         sampled_at=NOW - 2,
     )
-    advice = LimitAdvice(gpu.key, int(7.1 * GIB), int(69.4 * GIB), 9, 4, ("gpu-1",))
+    # The host holds a 2.1 GiB model plus 2.4 GiB per inference; another process 3.3 GiB.
+    advice = LimitAdvice(gpu.key, int(2.4 * GIB), int(74.6 * GIB), 31, 4, ("gpu-1",))
+    host_1 = HostState(
+        worker="gpu-1",
+        status="ready",
+        updated_at=NOW - 1,
+        host="gpu-node-1",
+        pid=4001,
+        provider="CUDAExecutionProvider",
+        device="cuda:0",
+        model="PP-OCRv6_det_small+PP-OCRv6_rec_small",
+        load_s=4.2,
+        model_loads=1,
+        queued=2,
+        holders=tuple(
+            SlotHolder(f"lease-{i}", i, f"task-{i}", f"r{i}", NOW - age)
+            for i, age in ((1, 0.4), (2, 0.3), (3, 0.1))
+        ),
+        served=118,
+        inference_p50_s=0.21,
+        inference_p95_s=0.38,
+        gpu_memory_model=int(2.1 * GIB),
+        gpu_memory_peak_per_inference=int(2.4 * GIB),
+    )
+    host_2 = HostState(
+        worker="gpu-2",
+        status="ready",
+        updated_at=NOW - 3,
+        host="gpu-node-2",
+        pid=5120,
+        provider="CUDAExecutionProvider",
+        device="cuda:0",
+        load_s=3.9,
+        model_loads=2,
+        restarts=1,
+        queued=1,
+        paused=True,
+        inference_p50_s=0.24,
+        inference_p95_s=0.41,
+    )
     rows: list[tuple[str, str, Step, int]] = [
         ("brave-otter", "gpu-1", "infer", 12),
         ("calm-heron", "gpu-1", "infer", 9),
         ("lucid-moth", "gpu-1", "infer", 7),
+        ("bold-wren", "gpu-1", "waiting", 5),
+        ("dusty-kite", "gpu-1", "waiting", 4),
         ("quiet-crane", "gpu-1", "download", 2),
         ("swift-ibis", "gpu-2", "waiting", 30),
     ]
@@ -86,20 +127,31 @@ def fleet_snapshot(**changes: Any) -> Snapshot:
                 True,
                 3.2,
                 GclState("gpu:gpu-1", 4, 3, True),
-                running=4,
+                running=6,
+                waiting=2,
                 downloading=1,
                 inferring=3,
                 gpus=(gpu,),
                 advice=advice,
+                host=host_1,
+                counts_from_host=True,
             ),
             WorkerView(
-                "gpu-2", True, True, 1.5, GclState("gpu:gpu-2", 0, 0, True), running=1, waiting=1
+                "gpu-2",
+                True,
+                True,
+                1.5,
+                GclState("gpu:gpu-2", 0, 0, True),
+                running=1,
+                waiting=1,
+                host=host_2,
+                counts_from_host=True,
             ),
             WorkerView("gpu-3", True, False, 125.0, None),
             WorkerView("old-box", False, False, None, GclState("gpu:old-box", 2, 0, True)),
         ),
         runs=RunCounts(
-            scheduled=14, late=2, pending=1, running=5, completed=120, failed=3, crashed=1
+            scheduled=14, late=2, pending=1, running=7, completed=120, failed=3, crashed=1
         ),
         running=running,
         next_queued=tuple(

@@ -1,7 +1,8 @@
 """Builds one `Snapshot` per call from every source the board has, never raising.
 
-Sources: the Prefect API (workers, GCLs, runs), GPU readings the workers publish as
-Prefect events, and this machine's own NVML. A failing source becomes a `SourceError`
+Sources: the Prefect API (workers, GCLs, runs), GPU readings and inference-host states the
+workers publish as Prefect events (host states followed live on the events websocket),
+and this machine's own NVML. A failing source becomes a `SourceError`
 in the snapshot; the last good Prefect data is kept and marked by its age, so the screen
 keeps showing it while the server is away and picks up again when it is back.
 """
@@ -20,11 +21,14 @@ from prefect.client.orchestration import PrefectClient
 
 from gpuboard.core.advisor import PeakTracker, advice_for_workers
 from gpuboard.core.gpu_events import read_published_readings
+from gpuboard.core.host.state import HostState
+from gpuboard.core.host_feed import HostStateFeed
 from gpuboard.core.models import (
     GpuProcess,
     GpuReading,
     GpuSample,
     RefreshCost,
+    RunView,
     Snapshot,
     SourceError,
     WorkerView,
@@ -65,6 +69,7 @@ class BoardSource:
         clock: Callable[[], float] = time.time,
         timeout: float = READ_TIMEOUT,
         finished_every: float = FINISHED_EVERY,
+        follow_hosts: bool = True,
     ) -> None:
         self.pool = pool
         self.api_url = api_url.rstrip("/")
@@ -78,6 +83,8 @@ class BoardSource:
         self._last: PrefectRead | None = None
         self._last_at: float | None = None
         self._published: list[GpuReading] = []
+        self.host_feed = HostStateFeed(self.api_url, stream=follow_hosts, clock=clock)
+        self._host_states: dict[str, HostState] = {}
         self._peaks = PeakTracker()
         self._no_retries = NoRetries()
 
@@ -88,7 +95,7 @@ class BoardSource:
         requests_before = self._counter.requests
         started = time.perf_counter()
         with self._no_retries():
-            prefect, published = await self._read_prefect(now)
+            prefect, published, hosts = await self._read_prefect(now)
         api_ms = (time.perf_counter() - started) * 1000
         if isinstance(prefect, SourceError):
             errors.append(prefect)
@@ -105,19 +112,29 @@ class BoardSource:
                 errors.append(published)
         else:
             self._published = published
+        if isinstance(hosts, SourceError):
+            if not isinstance(prefect, SourceError):
+                errors.append(hosts)
+        else:
+            self._host_states = hosts
         readings = merge_readings(local, self._published)
         return self._assemble(
             now, readings, errors, self._counter.requests - requests_before, api_ms
         )
 
     async def aclose(self) -> None:
+        await self.host_feed.aclose()
         await self._drop_client()
         if self.nvml is not None:
             self.nvml.close()
 
     async def _read_prefect(
         self, now: float
-    ) -> tuple[PrefectRead | SourceError, list[GpuReading] | SourceError]:
+    ) -> tuple[
+        PrefectRead | SourceError,
+        list[GpuReading] | SourceError,
+        dict[str, HostState] | SourceError,
+    ]:
         try:
             if self._client is None:
                 self._client = poll_client(self.api_url, self._counter)
@@ -125,7 +142,7 @@ class BoardSource:
             client = self._client
             last = self._last
             fresh_enough = last is not None and now - self._finished_at < self._finished_every
-            prefect, published = await asyncio.wait_for(
+            prefect, published, hosts = await asyncio.wait_for(
                 asyncio.gather(
                     read_prefect(
                         client,
@@ -134,18 +151,20 @@ class BoardSource:
                         finished=last.finished if last is not None and fresh_enough else None,
                     ),
                     read_published_readings(client, now),
+                    self.host_feed.read(client),
                     return_exceptions=True,
                 ),
                 self._timeout,
             )
         except Exception as exc:  # the timeout, or the client failing to open
             failure = describe_failure(exc)
-            return failure, failure
+            return failure, failure, failure
         return (
             describe_failure(prefect) if isinstance(prefect, BaseException) else prefect,
             describe_failure(published, "gpu-events")
             if isinstance(published, BaseException)
             else published,
+            describe_failure(hosts, "host-events") if isinstance(hosts, BaseException) else hosts,
         )
 
     async def _drop_client(self) -> None:
@@ -173,11 +192,18 @@ class BoardSource:
                 errors=tuple(errors),
                 cost=RefreshCost(calls, api_ms),
             )
-        readings = [_map_processes(r, prefect.pid_runs) for r in readings]
+        host_pids = {
+            (worker, state.pid): worker
+            for worker, state in self._host_states.items()
+            if state.pid is not None and not state.stale(now)
+        }
+        readings = [_map_processes(r, prefect.pid_runs, host_pids) for r in readings]
         for reading in readings:
             for gpu in reading.gpus:
                 self._peaks.observe(gpu)
-        workers = _join_gpus(prefect.workers, readings, self._peaks)
+        workers = _join_hosts(prefect.workers, self._host_states, now)
+        workers = _join_gpus(workers, readings, self._peaks)
+        running = _host_steps(prefect.running, workers)
         return Snapshot(
             pool=self.pool,
             api_url=self.api_url,
@@ -185,7 +211,7 @@ class BoardSource:
             prefect_read_at=self._last_at,
             workers=workers,
             runs=prefect.runs,
-            running=prefect.running,
+            running=running,
             next_queued=prefect.next_queued,
             failures=prefect.finished.failures,
             gpu_readings=tuple(readings),
@@ -236,12 +262,19 @@ def merge_readings(local: GpuReading | None, published: list[GpuReading]) -> lis
 
 
 def _map_processes(
-    reading: GpuReading, pid_runs: dict[tuple[str, int], tuple[str, str]]
+    reading: GpuReading,
+    pid_runs: dict[tuple[str, int], tuple[str, str]],
+    host_pids: dict[tuple[str, int], str] | None = None,
 ) -> GpuReading:
-    """Name the flow run of each GPU process: by its id where known, else by its PID."""
+    """Name the flow run of each GPU process (by its id where known, else by its PID), and
+    the inference host of a worker on the machine (by the PID its host published)."""
     names = {run_id: name for run_id, name in pid_runs.values()}
+    hosts = host_pids or {}
 
     def mapped(process: GpuProcess) -> GpuProcess:
+        for worker in reading.workers:
+            if (worker, process.pid) in hosts:
+                return dataclasses.replace(process, host_of=worker)
         run_id = process.flow_run_id
         if run_id is None:
             for worker in reading.workers:
@@ -268,10 +301,55 @@ def _join_gpus(
         for worker in reading.workers:
             gpus_of[worker] = reading.gpus
     limits = {w.name: (w.limit if not w.unprotected else None) for w in workers}
+    hosts = {w.name: w.host for w in workers if w.host is not None}
     advice = advice_for_workers(
-        {name: gpus for name, gpus in gpus_of.items() if name in limits}, limits, peaks
+        {name: gpus for name, gpus in gpus_of.items() if name in limits}, limits, peaks, hosts
     )
     return tuple(
         dataclasses.replace(w, gpus=gpus_of.get(w.name, ()), advice=advice.get(w.name))
         for w in workers
+    )
+
+
+def _join_hosts(
+    workers: tuple[WorkerView, ...], hosts: dict[str, HostState], now: float
+) -> tuple[WorkerView, ...]:
+    """Each worker's inference host; where its state is fresh, the host's queue and slot
+    holders are the GPU step's counts: live, where task-run states reach the database
+    seconds late and cannot tell waiting from holding."""
+    joined = []
+    for worker in workers:
+        host = hosts.get(worker.name)
+        if host is None:
+            joined.append(worker)
+            continue
+        live = not host.stale(now) and host.status not in ("stopped", "failed")
+        joined.append(
+            dataclasses.replace(
+                worker,
+                host=host,
+                waiting=host.queued if live else worker.waiting,
+                inferring=host.inferring if live else worker.inferring,
+                counts_from_host=live,
+            )
+        )
+    return tuple(joined)
+
+
+def _host_steps(
+    running: tuple[RunView, ...], workers: tuple[WorkerView, ...]
+) -> tuple[RunView, ...]:
+    """A run in the GPU step holds a slot of its worker's host, or waits in its queue."""
+    holders = {
+        holder.flow_run_id
+        for worker in workers
+        if worker.counts_from_host and worker.host is not None
+        for holder in worker.host.holders
+    }
+    live = {worker.name for worker in workers if worker.counts_from_host}
+    return tuple(
+        dataclasses.replace(run, step="infer" if run.id in holders else "waiting")
+        if run.worker in live and run.step in ("gpu", "infer", "waiting")
+        else run
+        for run in running
     )

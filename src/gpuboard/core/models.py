@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gpuboard.core.host.state import HostState
+
 
 @dataclass(frozen=True)
 class GclState:
@@ -54,10 +56,12 @@ class GpuProcess:
     memory_used: int | None  # bytes; None where NVML cannot tell (some containers, MIG)
     flow_run_id: str | None = None
     flow_run_name: str | None = None
+    host_of: str | None = None  # the worker whose inference host this process is
 
     @property
     def is_inference(self) -> bool:
-        """A flow-run process: gpuboard's only GPU user is the inference step."""
+        """A flow-run process on a GPU: without an inference host, each one holds its own
+        model and runs its inference (the one GPU step)."""
         return self.flow_run_id is not None
 
 
@@ -145,6 +149,10 @@ class WorkerView:
     gpus: tuple[GpuSample, ...] = ()
     advice: LimitAdvice | None = None
     counts_capped: bool = False  # more runs than one refresh reads: step counts are a floor
+    host: HostState | None = None  # its inference host, as it last published itself
+    # `waiting` and `inferring` are the host's live queue and slot holders (else counted
+    # from task-run states, which cannot tell waiting from holding).
+    counts_from_host: bool = False
 
     @property
     def unprotected(self) -> bool:

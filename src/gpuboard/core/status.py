@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from gpuboard.core.board_source import BoardSource
 from gpuboard.core.config import configured_api_url
+from gpuboard.core.host.state import HostState, state_to_payload
 from gpuboard.core.models import GpuReading, GpuSample, RunView, Snapshot, WorkerView
 from gpuboard.core.nvml_source import NvmlSource
 
@@ -19,7 +20,10 @@ async def read_snapshot(
     pool: str, api_url: str | None = None, nvml: NvmlSource | None = None
 ) -> Snapshot:
     """One snapshot of `pool`, read the way the board reads it."""
-    source = BoardSource(pool, api_url or configured_api_url(), nvml=nvml or NvmlSource())
+    # One read: the newest host states through the API, no websocket to open and close.
+    source = BoardSource(
+        pool, api_url or configured_api_url(), nvml=nvml or NvmlSource(), follow_hosts=False
+    )
     try:
         return await source.read()
     finally:
@@ -50,7 +54,7 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "errors": [
             {"source": e.source, "kind": e.kind, "message": e.message} for e in snapshot.errors
         ],
-        "workers": [_worker_json(w) for w in snapshot.workers],
+        "workers": [_worker_json(w, now) for w in snapshot.workers],
         "runs": None
         if snapshot.runs is None
         else {
@@ -72,7 +76,7 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def _worker_json(worker: WorkerView) -> dict[str, Any]:
+def _worker_json(worker: WorkerView, now: float) -> dict[str, Any]:
     advice = worker.advice
     return {
         "name": worker.name,
@@ -91,6 +95,8 @@ def _worker_json(worker: WorkerView) -> dict[str, Any]:
         "inferring": worker.inferring,
         "saving": worker.saving,
         "counts_capped": worker.counts_capped,
+        "counts_from_host": worker.counts_from_host,
+        "inference_host": None if worker.host is None else _host_json(worker.host, now),
         "gpus": [_gpu_json(g) for g in worker.gpus],
         "advice": None
         if advice is None
@@ -103,6 +109,14 @@ def _worker_json(worker: WorkerView) -> dict[str, Any]:
             "over_limit": advice.over_limit,
         },
     }
+
+
+def _host_json(host: HostState, now: float) -> dict[str, Any]:
+    payload = state_to_payload(host)
+    payload.pop("version", None)
+    payload["age_s"] = _round(host.age(now))
+    payload["stale"] = host.stale(now)
+    return payload
 
 
 def _gpu_json(gpu: GpuSample) -> dict[str, Any]:
@@ -172,7 +186,7 @@ def snapshot_to_text(snapshot: Snapshot) -> str:
         if not snapshot.workers:
             lines.append("  (none: no worker has joined the pool)")
         for w in snapshot.workers:
-            lines.append("  " + _worker_line(w))
+            lines.append("  " + _worker_line(w, snapshot.taken_at))
     runs = snapshot.runs
     if runs is not None:
         lines.append("")
@@ -203,7 +217,7 @@ def snapshot_to_text(snapshot: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _worker_line(w: WorkerView) -> str:
+def _worker_line(w: WorkerView, now: float) -> str:
     from gpuboard.core.text_format import human_age
 
     state = "online" if w.online else "offline"
@@ -219,7 +233,12 @@ def _worker_line(w: WorkerView) -> str:
         slots = f"PAUSED ({w.gcl.active_slots} in use)"
     else:
         slots = f"slots {w.gcl.active_slots}/{w.gcl.limit}"
-    return (
+    line = (
         f"{w.name}: {state} · {slots} · waiting {w.waiting} · downloading {w.downloading} · "
         f"loading {w.loading} · inferring {w.inferring} · saving {w.saving}"
     )
+    if w.host is not None:
+        from gpuboard.core.text_format import describe_host
+
+        line += f"\n    inference host: {describe_host(w.host, now)}"
+    return line

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gpuboard.core.host.state import HostState
+
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -70,3 +72,33 @@ def sparkline(values: Sequence[float | None], width: int, top: float | None = No
             level = min(len(SPARKS) - 1, int(value / scale * (len(SPARKS) - 1) + 0.5))
             cells.append(SPARKS[level])
     return "".join(cells).rjust(width)
+
+
+def describe_host(host: HostState, now: float) -> str:
+    """One line about a worker's inference host, most telling first: 'ready · queue 3 ·
+    2 holding (longest 0.4s) · p50 0.21s p95 0.38s · 2.4 GiB/inference · cuda:0 · ...'."""
+    return " · ".join(host_parts(host, now))
+
+
+def host_parts(host: HostState, now: float) -> list[str]:
+    """The pieces of `describe_host`, for a caller that wraps them between lines."""
+    parts = [host.status.upper() if host.status in ("failed", "restarting") else host.status]
+    if host.stale(now):
+        parts[0] += f" (last heard {human_age(host.age(now))} ago)"
+    if host.error:
+        parts.append(host.error)
+    parts.append(f"queue {host.queued}" + (" PAUSED" if host.paused else ""))
+    if host.holders:
+        longest = max(holder.held_for(now) for holder in host.holders)
+        parts.append(f"{len(host.holders)} holding (longest {human_age(longest)})")
+    if host.inference_p50_s is not None and host.inference_p95_s is not None:
+        parts.append(f"p50 {host.inference_p50_s:.2f}s p95 {host.inference_p95_s:.2f}s")
+    if host.gpu_memory_peak_per_inference is not None:
+        parts.append(f"{human_bytes(host.gpu_memory_peak_per_inference)}/inference")
+    if host.device:
+        parts.append(host.device)
+    if host.load_s is not None:
+        parts.append(f"loaded in {host.load_s:.1f}s")
+    if host.model_loads > 1 or host.restarts:
+        parts.append(f"{host.model_loads} loads, {host.restarts} restarts")
+    return parts

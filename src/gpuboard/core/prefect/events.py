@@ -1,8 +1,10 @@
-"""Emits gpuboard's own Prefect events and reads the latest one per resource back."""
+"""Emits gpuboard's own Prefect events, reads the latest one per resource back, and follows
+them live on Prefect's events websocket."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -77,3 +79,24 @@ async def read_latest_per_resource(
         )
         for event in page.events
     ]
+
+
+async def follow_events(api_url: str, name: str) -> AsyncIterator[ReceivedEvent]:
+    """Events called `name` as the server receives them, on its events websocket
+    (`/events/out`): seconds before the event persister makes them readable through
+    `/events/filter`. Starts with the last minute's (Prefect's backfill). Raises when the
+    connection cannot be made or is lost beyond Prefect's own few reconnection attempts.
+    """
+    from prefect.events.clients import PrefectEventSubscriber
+
+    subscriber = PrefectEventSubscriber(
+        api_url=api_url,
+        filter=EventFilter(event=EventNameFilter(name=[name])),
+        reconnection_attempts=2,
+        reconnect_on_clean_close=True,
+    )
+    async with subscriber:
+        async for event in subscriber:
+            yield ReceivedEvent(
+                resource_id=event.resource.id, occurred=event.occurred, payload=dict(event.payload)
+            )

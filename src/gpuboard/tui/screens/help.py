@@ -18,21 +18,30 @@ MEANINGS = """\
   **PAUSED** is limit 0: GPU steps wait, none fail; `(n)` slots are still held by
   inferences that started before the pause. **UNPROTECTED**: the worker has no GCL, or
   a disabled one, so its GPU step would run unlimited.
-- **Wait / DL / Load / Inf / Save** — its running flow runs by step: waiting for a GPU
-  slot, downloading, loading the model, inferring (holding a slot), saving. Prefect shows
-  a run waiting for its slot and one holding it alike: Wait is the runs in the GPU step
-  beyond the slots in use. Where the flow loads its model inside the GPU step rather than
-  in a `load_model` task, that loading counts as Wait too. A `+` means more runs than
-  one refresh reads (200): the numbers are a floor.
-- **Fits** — the limit advisor: how many inferences fit in the GPU's memory at the
-  largest one seen; red `⚠` when the limit (summed over workers sharing the GPU) admits
-  more than fit. The GPU panel shows the figures behind it.
+- **Wait / DL / Inf / Save** — its running flow runs by step: waiting for a GPU slot,
+  downloading, inferring (holding a slot), saving. With an inference host (every
+  `gpuboard worker` has one) Wait and Inf are the host's own queue and slot holders, live.
+  Without one (a plain Prefect worker) they are counted from task runs, which show a run
+  waiting for its slot and one holding it alike: Wait is then the runs in the GPU step
+  beyond the slots in use. A `+` means more runs than one refresh reads (200): the
+  numbers are a floor.
+- **Host** — the worker's inference host, the one process of the worker that loads the
+  model and touches the GPU: `loading`, `ready`, `restart` (it died: its slots were
+  released, it is being started again), `FAILED` (its model cannot load: the GPU panel
+  says why); dim when not heard from for 20 s; `—` for a worker without one.
+- **Fits** — the limit advisor: how many inferences fit in the GPU's memory (beside the
+  models the hosts hold) at the peak one inference needs, as the host measured it; red
+  `⚠` when the limit (summed over workers sharing the GPU) admits more than fit. The GPU
+  panel shows the figures behind it.
 - **Last 5 min** — slots in use over the last five minutes.
 
 ## GPU memory
 One block per machine: this one (read here with NVML) and every machine whose
 `gpuboard worker` publishes its readings; their age is shown, **STALE** after 30 s.
-Processes are mapped to the flow run they execute where the PID tells.
+Processes are mapped to the flow run they execute where the PID tells, and to the worker
+whose inference host they are. Under each machine, one line per worker's host: its state,
+device, model load time, inference p50/p95, queue, slots held and, on a GPU, the memory
+one inference needs.
 
 ## Runs
 Counts of the pool's runs: queued now (scheduled and due, late, pending), running, and

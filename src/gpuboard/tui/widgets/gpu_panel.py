@@ -1,4 +1,5 @@
-"""The GPU panel: every machine's GPUs, memory bar and history, processes and their runs."""
+"""The GPU panel: every machine's GPUs, memory bar and history, processes and their runs,
+and the inference host of each worker on it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import textwrap
 from rich.text import Text
 from textual.widget import Widget
 
+from gpuboard.core.host.state import HostState
 from gpuboard.core.models import GpuReading, GpuSample, LimitAdvice, Snapshot
-from gpuboard.core.text_format import bar, human_age, human_bytes, sparkline
+from gpuboard.core.text_format import bar, host_parts, human_age, human_bytes, sparkline
 from gpuboard.tui.history import History
 
 
@@ -53,6 +55,15 @@ class GpuPanel(Widget):
                 extra = _advice_line(advice.get(gpu.key))
                 processes = _process_line(gpu, width)
                 out.extend(line for line in (extra, processes) if line is not None)
+            for worker in reading.workers:
+                view = snapshot.worker(worker)
+                if view is not None and view.host is not None:
+                    out.extend(_host_lines(worker, view.host, now, width))
+        # Hosts of workers that publish no GPU reading (an older gpuboard, NVML failing).
+        placed = {worker for reading in snapshot.gpu_readings for worker in reading.workers}
+        for view in snapshot.workers:
+            if view.host is not None and view.name not in placed:
+                out.extend(_host_lines(view.name, view.host, now, width))
         for line in out:
             line.truncate(width, overflow="ellipsis")
         return out
@@ -116,6 +127,19 @@ def _gpu_lines(
     return [Text.assemble(title, " ", memory_bar, "  ", util, "  ", spark)]
 
 
+def _host_lines(worker: str, host: HostState, now: float, width: int) -> list[Text]:
+    """'  gpu-1 host: ready · queue 3 · 2 holding …', wrapped between its parts."""
+    style = "dim" if host.stale(now) else "bold red" if host.status == "failed" else ""
+    lines = [Text.assemble("  ", (worker, "magenta"), " host: ")]
+    for number, part in enumerate(host_parts(host, now)):
+        piece = part if number == 0 else " · " + part
+        if number and lines[-1].cell_len + len(piece) > width:
+            lines.append(Text("    "))
+            piece = part
+        lines[-1].append(piece, style=style)
+    return lines
+
+
 def _advice_line(advice: LimitAdvice | None) -> Text | None:
     if advice is None:
         return None
@@ -141,7 +165,9 @@ def _process_line(gpu: GpuSample, width: int) -> Text | None:
     line = Text("     ")
     for number, process in enumerate(gpu.processes):
         part = Text(f"pid {process.pid} {human_bytes(process.memory_used)}")
-        if process.flow_run_id:
+        if process.host_of:
+            part.append(f" {process.host_of} host", style="magenta")
+        elif process.flow_run_id:
             part.append(" " + (process.flow_run_name or process.flow_run_id[:8]), style="cyan")
         rest = len(gpu.processes) - number - 1
         more = f" · +{rest} more" if rest else ""

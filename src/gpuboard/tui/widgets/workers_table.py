@@ -1,4 +1,5 @@
-"""The workers table: one selectable row per worker with its slots, steps, advice and trend."""
+"""The workers table: one selectable row per worker with its slots, steps, inference host,
+advice and trend."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ COLUMNS = (
     ("slots", "GPU slots"),
     ("waiting", "Wait"),
     ("download", "DL"),
-    ("load", "Load"),
+    ("host", "Host"),
     ("infer", "Inf"),
     ("save", "Save"),
     ("fits", "Fits"),
@@ -92,8 +93,9 @@ class WorkersTable(DataTable[Text]):
         spare = max(0, self.size.width - 78)
         bar_width = 6 + min(14, spare // 5)
         # Everything but the trend: names up to NAME_WIDTH, status 7, slots bar + " 10/10",
-        # the five counts, fits, and one cell of padding either side of each column.
-        others = NAME_WIDTH + 7 + bar_width + 6 + 4 + 2 + 4 + 3 + 4 + 4 + 2 * len(COLUMNS)
+        # four counts, the host's state (7), fits, and one cell of padding either side of
+        # each column.
+        others = NAME_WIDTH + 7 + bar_width + 6 + 4 + 2 + 7 + 3 + 4 + 4 + 2 * len(COLUMNS)
         return bar_width, max(10, self.size.width - others - 1)
 
     def _cells(self, w: WorkerView, history: History, now: float, snapshot_at: float) -> list[Text]:
@@ -111,7 +113,7 @@ class WorkersTable(DataTable[Text]):
             _slots(w, bar_width),
             count(w.waiting, "bold yellow"),
             count(w.downloading, "cyan"),
-            count(w.loading, "cyan"),
+            _host(w, now),
             count(w.inferring, "green"),
             count(w.saving, "blue"),
             _fits(w),
@@ -131,6 +133,27 @@ def _status(w: WorkerView, late: float) -> Text:
     if w.online:
         return Text.assemble(("● ", "green"), age)
     return Text.assemble(("○ ", "bold red"), (age, "red"))
+
+
+# How each state of an inference host reads in its cell (at most 7 cells wide).
+_HOST_CELLS = {
+    "ready": ("ready", "green"),
+    "loading": ("loading", "yellow"),
+    "starting": ("start", "yellow"),
+    "restarting": ("restart", "bold red"),
+    "failed": ("FAILED", "bold red"),
+    "stopped": ("stopped", "dim"),
+}
+
+
+def _host(w: WorkerView, now: float) -> Text:
+    """The worker's inference host: ready, loading, restarting...; dim when not heard of
+    lately; a dash for a worker without one (a plain Prefect worker)."""
+    host = w.host
+    if host is None:
+        return Text("—", style="dim")
+    label, style = _HOST_CELLS.get(host.status, (host.status[:7], ""))
+    return Text(label, style="dim" if host.stale(now) else style)
 
 
 def _slots(w: WorkerView, width: int) -> Text:
