@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from textual.widgets import DataTable, Label
 
 from fakes.fake_nvml import FakeNvml
 from gpuboard.core.board_source import BoardSource
@@ -21,6 +22,7 @@ from gpuboard.core.nvml_source import NvmlSource
 from gpuboard.core.prefect.poll_client import poll_client
 from gpuboard.core.status import read_snapshot, snapshot_to_json
 from gpuboard.tui.app import GpuBoardApp
+from gpuboard.tui.screens.holders import HoldersScreen
 from gpuboard.tui.widgets.gpu_panel import GpuPanel
 from gpuboard.tui.widgets.runs_panel import RunsPanel
 from gpuboard.tui.widgets.workers_table import WorkersTable
@@ -148,3 +150,34 @@ async def test_status_json_carries_the_host(hosted: Hosted) -> None:
     assert [h["flow_run_id"] for h in host["holders"]] == [str(r) for r in hosted.runs[:2]]
     assert worker["counts_from_host"] is True and worker["waiting"] == 4
     assert host["stale"] is False
+
+
+async def test_the_holders_screen_names_the_host_as_holder(hosted: Hosted) -> None:
+    """The GCL's 2 slots are held by the host's 2 requests: shown as held by the inference
+    host for their flow runs, not as slots with no published lease, and not releasable."""
+    await publish(hosted, host_state(hosted))
+    app = board(hosted)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: app.snapshot is not None and bool(app.snapshot.workers))
+        await until(pilot, lambda: cells(app, hosted.worker)["host"] == "ready")
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HoldersScreen))
+        screen = app.screen
+        assert isinstance(screen, HoldersScreen)
+        await until(pilot, lambda: screen.view is not None and len(screen.view.hosts) == 2)
+        table = screen.query_one("#slot-holders", DataTable)
+        rows = [" | ".join(str(cell) for cell in table.get_row(r.key)) for r in table.ordered_rows]
+        assert len(rows) == 2
+        assert all(f"inference host of {hosted.worker} (pid 4242" in row for row in rows)
+        assert all("Running" in row for row in rows)  # the holders' flow runs, read
+        note = str(screen.query_one("#holders-note", Label).render())
+        assert "no published lease" not in note  # both slots are accounted for
+        table.focus()
+        await pilot.press("x")
+        await until(
+            pilot,
+            lambda: any(
+                "not released: held by the inference host" in str(n.message)
+                for n in app._notifications
+            ),
+        )

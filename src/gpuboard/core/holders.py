@@ -3,6 +3,10 @@ Pending runs have no live process, and the operator's remedies: release one dead
 lease, mark a stale Running run Crashed, put a stuck Pending run back to Scheduled. Each
 refuses in read-only mode and is written to the audit log.
 
+Two kinds of holders: a flow-run process that took its slot itself (the plain way) and
+published a lease record, and a worker's inference host, which holds a slot per request
+it serves and says so in the host state it publishes.
+
 The board's holders screen (`h`) reads `read_holders` every couple of seconds; nothing here
 releases anything on its own (that is `gpuboard worker`'s reclaimer): a board only finds
 and judges (`reclaim_gcl(dry_run=True)`), and acts on a confirmed key press.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from uuid import UUID
@@ -20,8 +24,11 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 
 from gpuboard.core.audit import record_action
+from gpuboard.core.config import gcl_name
+from gpuboard.core.host.state import HostState, SlotHolder
 from gpuboard.core.limit_actions import ReadOnlyError
 from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.leases import RunState, read_flow_run_states
 from gpuboard.core.prefect.run_health import StateMark
 from gpuboard.core.reclaim import (
     PENDING_STUCK_AFTER_S,
@@ -38,6 +45,18 @@ from gpuboard.core.reclaim import (
 
 
 @dataclass(frozen=True)
+class HostHolding:
+    """A slot an inference host holds for one request, and for which flow run."""
+
+    gcl: str
+    worker: str
+    holder: SlotHolder
+    flow_run: RunState | None  # None: no flow run named, or the server has none
+    host_live: bool  # the host published within HOST_STATE_STALE_AFTER
+    reason: str
+
+
+@dataclass(frozen=True)
 class HoldersView:
     """One read of the holders of `gcls` and of the stale runs of `pool`."""
 
@@ -45,10 +64,17 @@ class HoldersView:
     gcls: tuple[ReclaimReport, ...]  # one per GCL, in the order asked
     stale: StaleReport
     stale_after_s: float
+    hosts: tuple[HostHolding, ...] = ()
 
     @property
     def errors(self) -> tuple[str, ...]:
         return tuple(e for report in self.gcls for e in report.errors) + self.stale.errors
+
+    def unaccounted_slots(self, report: ReclaimReport) -> int:
+        """Slots of `report`'s GCL held by no published lease and no live host's request:
+        a holder killed before it said so; back when its lease expires."""
+        by_hosts = sum(1 for h in self.hosts if h.gcl == report.gcl and h.host_live)
+        return max(0, report.unrecorded_slots - by_hosts)
 
 
 async def read_holders(
@@ -60,6 +86,7 @@ async def read_holders(
     local_workers: Collection[str] = (),
     stale_after_s: float | None = None,
     pending_after_s: float | None = None,
+    host_states: Callable[[], Mapping[str, HostState]] | None = None,
 ) -> HoldersView:
     """The published holders of each GCL in `gcls`, judged, and the stale Running runs of
     work pool `pool`. Releases nothing. Failures are in the reports' `errors`.
@@ -67,7 +94,9 @@ async def read_holders(
     `check_processes`: a holder whose process is on this machine is judged by whether that
     process runs (the board runs on the GPU host); elsewhere by its run's state. So is a
     Running run of one of `local_workers` (the Prefect workers on this machine).
+    `host_states` gives the workers' inference hosts as last heard (the board's snapshot).
     """
+    hosts = dict(host_states()) if host_states is not None else {}
     threshold = default_stale_after_s() if stale_after_s is None else stale_after_s
     async with async_client(api_url) as client:
         reports = await asyncio.gather(
@@ -92,9 +121,60 @@ async def read_holders(
             pending_after_s=PENDING_STUCK_AFTER_S if pending_after_s is None else pending_after_s,
             records=records,
         )
+        holdings = await _host_holdings(client, hosts, set(gcls))
     return HoldersView(
-        read_at=time.time(), gcls=tuple(reports), stale=stale, stale_after_s=threshold
+        read_at=time.time(),
+        gcls=tuple(reports),
+        stale=stale,
+        stale_after_s=threshold,
+        hosts=holdings,
     )
+
+
+async def _host_holdings(
+    client: PrefectClient, hosts: Mapping[str, HostState], gcls: set[str]
+) -> tuple[HostHolding, ...]:
+    now = time.time()
+    held = [
+        (worker, state, holder)
+        for worker, state in sorted(hosts.items())
+        if gcl_name(worker) in gcls
+        for holder in state.holders
+    ]
+    runs = await read_flow_run_states(client, (_uuid(h.flow_run_id) for _, _, h in held))
+    holdings = []
+    for worker, state, holder in held:
+        live = not state.stale(now)
+        where = f"pid {state.pid} on {state.host}" if state.pid else state.host
+        reason = (
+            f"inference host of {worker} ({where}): released when the inference ends"
+            if live
+            else f"inference host of {worker} silent for {state.age(now):.0f} s: the slot "
+            "is freed when its lease expires (<= 60 s) or `gpuboard worker` restarts"
+        )
+        holdings.append(
+            HostHolding(
+                gcl=gcl_name(worker),
+                worker=worker,
+                holder=holder,
+                flow_run=_run_of(runs, holder.flow_run_id),
+                host_live=live,
+                reason=reason,
+            )
+        )
+    return tuple(holdings)
+
+
+def _run_of(runs: Mapping[UUID, RunState], flow_run_id: str | None) -> RunState | None:
+    run_id = _uuid(flow_run_id)
+    return runs.get(run_id) if run_id is not None else None
+
+
+def _uuid(value: str | None) -> UUID | None:
+    try:
+        return UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 async def release_dead_holder(

@@ -20,6 +20,7 @@ from textual.widgets import Footer
 
 from gpuboard.core.board_source import SnapshotSource
 from gpuboard.core.config import DEPLOYMENT_FULL_NAME
+from gpuboard.core.host.state import HostState
 from gpuboard.core.idle import IDLE_AFTER_READS, IDLE_READ_EVERY_S, fingerprint
 from gpuboard.core.models import RunView, Snapshot, SourceError
 from gpuboard.tui.errors import operator_reason
@@ -571,10 +572,16 @@ class GpuBoardApp(App[int]):
             local_workers=local,
             stale_after_s=self.stale_after_s,
             pending_after_s=self.pending_after_s,
+            host_states=self._host_states,
         )
         self.push_screen(
             HoldersScreen(read, api_url=self.api_url, pool=self.pool, read_only=self.read_only)
         )
+
+    def _host_states(self) -> dict[str, HostState]:
+        """The inference hosts as the latest snapshot has them (live from the websocket)."""
+        workers = self.snapshot.workers if self.snapshot else ()
+        return {w.name: w.host for w in workers if w.host is not None}
 
     def key_help(self) -> list[tuple[str, str]]:
         """(key, description) of every binding the board offers, for the help screen."""

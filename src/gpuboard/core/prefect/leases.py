@@ -184,21 +184,30 @@ async def release_lease(client: PrefectClient, lease_id: UUID) -> bool:
 async def read_holder_states(client: PrefectClient, records: Iterable[LeaseRecord]) -> HolderStates:
     """The states of the records' flow runs and task runs: two requests per 200 of each."""
     records = list(records)
-    flow_run_ids = sorted({r.flow_run_id for r in records if r.flow_run_id}, key=str)
+    flow_runs = await read_flow_run_states(client, (r.flow_run_id for r in records))
     task_run_ids = sorted({r.task_run_id for r in records if r.task_run_id}, key=str)
-    flow_runs: dict[UUID, RunState] = {}
     task_runs: dict[UUID, RunState] = {}
-    for chunk in _chunks(flow_run_ids):
-        for flow_run in await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
-        ):
-            flow_runs[flow_run.id] = run_state(flow_run)
     for chunk in _chunks(task_run_ids):
         for task_run in await client.read_task_runs(
             task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)), limit=len(chunk)
         ):
             task_runs[task_run.id] = run_state(task_run)
     return HolderStates(flow_runs=flow_runs, task_runs=task_runs)
+
+
+async def read_flow_run_states(
+    client: PrefectClient, ids: Iterable[UUID | None]
+) -> dict[UUID, RunState]:
+    """The states of the flow runs `ids` (None skipped): one request per 200; a run the
+    server does not have is absent."""
+    flow_run_ids = sorted({run_id for run_id in ids if run_id}, key=str)
+    flow_runs: dict[UUID, RunState] = {}
+    for chunk in _chunks(flow_run_ids):
+        for flow_run in await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+        ):
+            flow_runs[flow_run.id] = run_state(flow_run)
+    return flow_runs
 
 
 def run_state(run: FlowRun | TaskRun) -> RunState:

@@ -17,7 +17,13 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from gpuboard.core.holders import HoldersView, RunRemedy, release_dead_holder, remedy_run
+from gpuboard.core.holders import (
+    HoldersView,
+    HostHolding,
+    RunRemedy,
+    release_dead_holder,
+    remedy_run,
+)
 from gpuboard.core.reclaim import PENDING_STUCK_AFTER_S, Holder, StaleRun
 from gpuboard.core.text_format import human_age
 from gpuboard.tui.errors import operator_reason
@@ -63,6 +69,7 @@ class HoldersScreen(Screen[None]):
         self.view: HoldersView | None = None
         self._holders: dict[str, tuple[str, Holder]] = {}  # row key -> (gcl, holder)
         self._stale: dict[str, StaleRun] = {}  # row key (flow run id) -> stale run
+        self._host_holdings: dict[str, HostHolding] = {}  # row key -> an inference host's slot
         self._reading = False
 
     def compose(self) -> ComposeResult:
@@ -117,27 +124,30 @@ class HoldersScreen(Screen[None]):
             for holder in report.holders
         }
         self._stale = {str(run.flow_run.id): run for run in view.stale.stale}
+        self._host_holdings = {
+            f"{held.gcl}|host|{held.holder.lease_id}": held for held in view.hosts
+        }
         now = view.read_at
-        _fill(
-            self.query_one("#slot-holders", DataTable),
-            {key: _holder_row(gcl, holder, now) for key, (gcl, holder) in self._holders.items()},
-        )
+        rows = {key: _holder_row(gcl, holder, now) for key, (gcl, holder) in self._holders.items()}
+        rows.update({key: _host_row(held, now) for key, held in self._host_holdings.items()})
+        _fill(self.query_one("#slot-holders", DataTable), rows)
         _fill(
             self.query_one("#stale-runs", DataTable),
             {key: _stale_row(run, now) for key, run in self._stale.items()},
         )
         notes = [
-            f"{report.gcl}: {report.unrecorded_slots} slot(s) held with no published lease"
-            " (back when the lease expires)"
+            f"{report.gcl}: {view.unaccounted_slots(report)} slot(s) held with no published"
+            " lease (back when the lease expires)"
             for report in view.gcls
-            if report.unrecorded_slots
+            if view.unaccounted_slots(report)
         ]
-        if not self._holders:
+        if not self._holders and not self._host_holdings:
             notes.insert(0, "no slot is held" if not view.errors else "")
         self.query_one("#holders-note", Label).update("\n".join(n for n in notes if n))
         dead = sum(holder.dead for _, holder in self._holders.values())
+        holding = len(self._holders) + len(self._host_holdings)
         summary = (
-            f"{len(self._holders)} holder(s), {dead} dead · {len(self._stale)} stale run(s)"
+            f"{holding} holder(s), {dead} dead · {len(self._stale)} stale run(s)"
             f" (Running: no heartbeat for {view.stale_after_s:.0f} s; Pending: stuck"
             f" {PENDING_STUCK_AFTER_S:.0f} s; at once where the process is seen gone)"
         )
@@ -161,6 +171,10 @@ class HoldersScreen(Screen[None]):
 
     def action_release(self) -> None:
         if self._refused_read_only("releasing a slot"):
+            return
+        hosted = self._selected("#slot-holders", self._host_holdings)
+        if hosted is not None:
+            self.notify(f"not released: held by the {hosted.reason}", severity="warning")
             return
         selected = self._selected("#slot-holders", self._holders)
         if selected is None:
@@ -312,6 +326,21 @@ def _holder_row(gcl: str, holder: Holder, now: float) -> tuple[str | Text, ...]:
         run.name if run else str(record.flow_run_id or "?"),
         run.state_name if run else "?",
         human_age(now - record.acquired_at),
+        verdict,
+    )
+
+
+def _host_row(held: HostHolding, now: float) -> tuple[str | Text, ...]:
+    run = held.flow_run
+    verdict = Text(
+        ("held: " if held.host_live else "host silent: ") + held.reason,
+        style="green" if held.host_live else "yellow",
+    )
+    return (
+        held.gcl,
+        run.name if run else str(held.holder.flow_run_id or "?"),
+        run.state_name if run else "?",
+        human_age(held.holder.held_for(now)),
         verdict,
     )
 
