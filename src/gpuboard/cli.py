@@ -103,6 +103,15 @@ def _add_read_only(parser: argparse.ArgumentParser, *, top: bool = False) -> Non
     )
 
 
+def _size(text: str) -> int:
+    from gpuboard.core.sizing import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _tag(text: str) -> str:
     tag = text.strip()
     if not tag:
@@ -198,8 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one GPU worker (creates its pool and GCL gpu:<id> when missing)",
         description=(
             "Make sure the work pool and the GCL gpu:<id> exist (a new GCL gets --gpu-slots; "
-            "an existing limit is kept), then run a Prefect process worker named <id> whose "
-            "flow runs take the GPU slot gpu:<id>."
+            "an existing limit is kept); start the worker's inference host, the one process "
+            "of the worker that loads the model and runs each image under a slot of gpu:<id> "
+            "(restarted if it dies); then run a Prefect process worker named <id> whose flow "
+            "runs send their images to it."
         ),
     )
     worker.add_argument("--id", required=True, type=_worker_id, help="worker id, e.g. gpu-1")
@@ -214,6 +225,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(),
         default=2,
         help="limit of the GCL gpu:<id> if it must be created (default: 2)",
+    )
+    worker.add_argument(
+        "--gpu-index",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="the GPU (NVML/PCI order) its inference host loads the model on (default: 0)",
+    )
+    worker.add_argument(
+        "--inference-threads",
+        type=_positive(1024),
+        default=None,
+        metavar="N",
+        help="ONNX Runtime threads of its inference host (default: every core it may use)",
+    )
+    worker.add_argument(
+        "--gpu-memory-limit",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="cap on the inference host's ONNX Runtime GPU memory arena, e.g. 8GiB (default: none)",
+    )
+    worker.add_argument(
+        "--cpu",
+        action="store_true",
+        help="run the model on the CPU even where a GPU with CUDA is usable",
     )
     _add_pool(worker)
     _add_api_url(worker)
@@ -466,7 +503,8 @@ def _worker(args: argparse.Namespace) -> int:
         validate_worker_id(args.id)
     except WorkerInputError as exc:
         raise _UsageError(str(exc)) from None
-    from gpuboard.core.sizing import default_runs_per_worker
+    from gpuboard.core.inference import ModelSettings
+    from gpuboard.core.sizing import default_runs_per_worker, inference_threads_per_worker
 
     options = WorkerOptions(
         worker_id=args.id,
@@ -474,6 +512,12 @@ def _worker(args: argparse.Namespace) -> int:
         runs=args.runs or default_runs_per_worker(args.gpu_slots),
         gpu_slots=args.gpu_slots,
         api_url=_api_url(args),
+        model=ModelSettings(
+            use_cuda=False if args.cpu else None,
+            gpu_index=args.gpu_index,
+            threads=args.inference_threads or inference_threads_per_worker(),
+            gpu_memory_limit=args.gpu_memory_limit,
+        ),
     )
     return run_worker(options, log=_say)
 

@@ -35,6 +35,11 @@ from gpuboard.cli import build_parser, main
         (["worker", "--id", "gpu 1"], "worker id"),
         (["worker", "--id", "gpu-1", "--runs", "0"], "between 1 and"),
         (["worker", "--id", "gpu-1", "--gpu-slots", "0"], "at least 1"),
+        (["worker", "--id", "gpu-1", "--gpu-index", "-1"], "0 or more"),
+        (["worker", "--id", "gpu-1", "--inference-threads", "0"], "between 1 and"),
+        (["worker", "--id", "gpu-1", "--gpu-memory-limit", "8 parsecs"], "unknown unit"),
+        (["worker", "--id", "gpu-1", "--gpu-memory-limit", "lots"], "not a size"),
+        (["worker", "--id", "gpu-1", "--gpu-memory-limit", "0GiB"], "above 0"),
         (["up", "--workers", "0"], "between 1 and"),
         (["up", "--refresh", "0"], "seconds"),
         (["--refresh", "abc"], "number of seconds"),
@@ -75,6 +80,17 @@ def test_defaults() -> None:
     assert (args.ids, args.tags, args.read_only) == (None, [], False)
     args = build_parser().parse_args(["submit", "--ids", "1-3", "--tag", "a", "--tag", "b"])
     assert (args.ids, args.tags) == ("1-3", ["a", "b"])
+    args = build_parser().parse_args(["worker", "--id", "gpu-1"])
+    assert (args.gpu_index, args.inference_threads, args.gpu_memory_limit, args.cpu) == (
+        0,
+        None,
+        None,
+        False,
+    )
+    args = build_parser().parse_args(
+        ["worker", "--id", "gpu-2", "--gpu-index", "1", "--gpu-memory-limit", "1.5GiB"]
+    )
+    assert (args.gpu_index, args.gpu_memory_limit) == (1, int(1.5 * 2**30))
 
 
 @pytest.mark.parametrize(

@@ -203,7 +203,14 @@ def cuda_usable(gpu_index: int = 0) -> bool:
 
     if CUDA_PROVIDER not in onnxruntime.get_available_providers():
         return False
-    if nvidia_gpu_count() <= gpu_index:
+    count = nvidia_gpu_count()
+    if count <= gpu_index:
+        if count:
+            _log.warning(
+                "GPU %d asked for, but this machine has %d GPU(s): OCR runs on the CPU",
+                gpu_index,
+                count,
+            )
         return False
     try:
         # Loads CUDA and cuDNN from pip's nvidia-* packages when those are installed.

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from gpuboard.core.config import DEFAULT_POOL, EMBEDDED_API_URL, gcl_name, gpuboard_home
+from gpuboard.core.inference import nvidia_gpu_count
 from gpuboard.core.local_server import LocalServer, api_is_healthy
 from gpuboard.core.models import GclState
 from gpuboard.core.prefect.client import async_client
@@ -30,6 +31,7 @@ from gpuboard.core.prefect.gcl import ensure_gcl, read_gpu_gcls
 from gpuboard.core.prefect.pool import PoolWorker, ensure_work_pool, read_pool_workers
 from gpuboard.core.prefect.runs import count_runs_by_state
 from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
+from gpuboard.core.sizing import inference_threads_per_worker
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _WORKER_STOP_TIMEOUT_S = 30.0
@@ -105,12 +107,13 @@ class Stack:
         deploy_process_image(project_dir, self.options.api_url, pool=self.options.pool)
         self.log(f"deployed process-image/process-image from {project_dir}")
         online = {w.name for w in asyncio.run(self._read_workers()) if w.online}
-        for worker_id in self.options.worker_ids:
+        gpus = max(1, nvidia_gpu_count())
+        for number, worker_id in enumerate(self.options.worker_ids):
             if worker_id in online:
                 self.reused_workers.append(worker_id)
                 self.log(f"worker {worker_id} is already online: not starting another")
             else:
-                self._start_worker(worker_id, project_dir)
+                self._start_worker(worker_id, project_dir, gpu_index=number % gpus)
         self._write_state()
 
     def wait_until_online(self, timeout: float = 120.0) -> bool:
@@ -207,7 +210,7 @@ class Stack:
         async with async_client(self.options.api_url) as client:
             return await read_pool_workers(client, self.options.pool)
 
-    def _start_worker(self, worker_id: str, project_dir: Path) -> None:
+    def _start_worker(self, worker_id: str, project_dir: Path, gpu_index: int = 0) -> None:
         log_dir = self.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{worker_id}.log"
@@ -227,6 +230,12 @@ class Stack:
             str(options.gpu_slots),
             "--api-url",
             options.api_url,
+            # Each local worker's host: its own GPU where the machine has several, and its
+            # share of the cores for ONNX Runtime.
+            "--gpu-index",
+            str(gpu_index),
+            "--inference-threads",
+            str(inference_threads_per_worker(options.workers)),
         ]
         env = {**os.environ, "PREFECT_API_URL": options.api_url, PROJECT_DIR_ENV: str(project_dir)}
         with log_path.open("ab") as log_file:
