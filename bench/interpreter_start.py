@@ -27,9 +27,12 @@ columns of one invocation, not invocations against each other):
   worker itself plus every flow-run process it waited for.
 - server CPU / run: the server process tree's CPU over the same window.
 - machine CPU / run: all cores' busy time (/proc/stat) over the same window; it also
-  holds this harness and whatever else the machine did.
+  holds this harness and whatever else the machine did ("of which not worker/server":
+  when that is large, another job shared the machine and the wall times are suspect).
 - process start -> flow body: the flow's record; the start is the fork (an exec keeps
-  it), so (A) includes the supervisor's interpreter and the pull step.
+  it), so (A) includes the supervisor's interpreter and the pull step. The split below
+  it uses the probe's time for the engine's interpreter start.
+- Pending -> process start / flow body: from the run's Pending state timestamp.
 - interpreter starts / run: a `sitecustomize` probe, put on the worker's PYTHONPATH
   (flow runs inherit it), notes every interpreter start after the worker's own with its
   pid and command line; the exec'd engine of (A) is a second start under the same pid.
@@ -440,6 +443,8 @@ def summarize(result: SideResult) -> dict[str, Any]:
         "server_cpu_per_run_s": result.server_cpu_s / done,
         "stack_cpu_per_run_s": (result.worker_cpu_s + result.server_cpu_s) / done,
         "machine_cpu_per_run_s": result.machine_cpu_s / done,
+        "other_cpu_per_run_s": (result.machine_cpu_s - result.worker_cpu_s - result.server_cpu_s)
+        / done,
         "window_s": result.window_s,
         "unreaped_children": result.unreaped,
         "startup_p50_s": pct(startup, 0.5),
@@ -466,6 +471,7 @@ ROWS = [
     ("server_cpu_per_run_s", "server CPU s / run", "{:.3f}"),
     ("stack_cpu_per_run_s", "worker tree + server CPU s / run", "{:.3f}"),
     ("machine_cpu_per_run_s", "machine CPU s / run (all cores)", "{:.3f}"),
+    ("other_cpu_per_run_s", "  of which not worker/server", "{:.3f}"),
     ("startup_p50_s", "process start -> flow body p50 (s)", "{:.2f}"),
     ("startup_p95_s", "process start -> flow body p95 (s)", "{:.2f}"),
     ("to_engine_p50_s", "  process start -> engine interp. p50", "{:.2f}"),

@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the model and to the memory readings alike. Set before onnxruntime loads CUDA.
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     logging.basicConfig(
-        level=logging.INFO,
+        # GPUBOARD_HOST_LOG_LEVEL=DEBUG logs every slot request and its answer.
+        level=os.environ.get("GPUBOARD_HOST_LOG_LEVEL", "INFO").upper(),
         stream=sys.stderr,
         format=f"%(asctime)s host {args.worker_id} %(levelname)s %(message)s",
     )

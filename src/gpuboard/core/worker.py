@@ -268,6 +268,10 @@ def _prepare_child() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    niceness = int(os.environ.get("GPUBOARD_FLOW_RUN_NICE", "0") or 0)
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
 
 
 def _describe(returncode: int) -> str:
