@@ -82,7 +82,10 @@ class GclSampler:
         async with async_client(self.api_url) as client:
             while not self._stop.is_set():
                 read_at = time.time()
-                with_limits = await client.read_global_concurrency_limits(limit=200)
+                try:
+                    with_limits = await client.read_global_concurrency_limits(limit=200)
+                except Exception:  # the server stopping under it, a 503: skip this one
+                    with_limits = []
                 for gcl in with_limits:
                     if gcl.name.startswith("gpu:"):
                         self.samples.setdefault(gcl.name[4:], []).append(
@@ -194,7 +197,11 @@ def run_gpuboard(args: argparse.Namespace) -> Outcome:
     outcome = Outcome("B gpuboard host")
     home = Path(tempfile.mkdtemp(prefix="gpuboard-bench-owner-"))
     results = home / "results"
-    server = LocalServer(home=home / "server", port=pipeline.free_port())
+    server = LocalServer(
+        home=home / "server",
+        port=pipeline.free_port(),
+        extra_env=dict(item.split("=", 1) for item in args.server_env),
+    )
     pool = "bench-owner"
     worker_ids = [f"b{i + 1}" for i in range(args.workers)]
     print(f"[B] starting server on {server.api_url} (home {home})", flush=True)
@@ -411,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--sample-s", type=float, default=0.25, help="GCL sampling period")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for side B's server (repeatable), to measure one setting's effect",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     load = os.getloadavg()

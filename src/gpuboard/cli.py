@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the model on the CPU even where a GPU with CUDA is usable",
     )
+    worker.add_argument(
+        "--workspace-supervisor",
+        action="store_true",
+        help="start flow runs the stock Prefect way, through its workspace supervisor (two "
+        "interpreters per run) instead of one interpreter per run",
+    )
     _add_pool(worker)
     _add_api_url(worker)
     worker.set_defaults(parser=worker)
@@ -518,6 +524,7 @@ def _worker(args: argparse.Namespace) -> int:
             threads=args.inference_threads or inference_threads_per_worker(),
             gpu_memory_limit=args.gpu_memory_limit,
         ),
+        single_interpreter=not args.workspace_supervisor,
     )
     return run_worker(options, log=_say)
 

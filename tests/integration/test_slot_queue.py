@@ -229,29 +229,3 @@ async def _true(value: bool) -> bool:
 
 async def _eq(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
-
-
-async def test_a_slow_answer_is_asked_again_and_no_extra_slot_kept(
-    client: PrefectClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A slot request stuck behind a SQLite lock (seconds before its 503) is sent again
-    alongside; whichever grant comes first is used, any other is given back."""
-    queue, dispatcher = await new_queue(client, limit=2)
-    real_acquire = leased_slots.acquire
-    calls = 0
-
-    async def first_one_stalls(*args: object, **kwargs: object) -> leased_slots.SlotAnswer:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.sleep(1.0)  # stuck; it still gets its slot in the end
-        return await real_acquire(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(leased_slots, "acquire", first_one_stalls)
-    grant = await asyncio.wait_for(queue.take(1, None, None), 10)
-    assert grant.wait_s < 1.0 and calls == 2  # the second ask answered first
-    await asyncio.sleep(1.5)  # the stalled one is granted now, and given back
-    assert await active_slots(client, queue) == 1  # only the slot in use is held
-    await queue.give_back(grant)
-    await eventually(lambda: _eq(active_slots(client, queue), 0))
-    dispatcher.cancel()

@@ -74,6 +74,9 @@ class WorkerOptions:
     model: ModelSettings = field(default_factory=ModelSettings)
     # Where the host listens; None: default_socket_path(worker_id).
     socket_path: Path | None = None
+    # One interpreter per flow run (core/prefect/single_interpreter.py); False: Prefect's
+    # own start through its workspace supervisor (two).
+    single_interpreter: bool = True
 
     @property
     def host_socket(self) -> Path:
@@ -138,18 +141,18 @@ async def _reschedule_orphans(client: PrefectClient, options: WorkerOptions) -> 
 
 
 def worker_command(options: WorkerOptions) -> list[str]:
+    """The Prefect worker's command line: Prefect's process worker, by default the
+    variant that starts each flow run as one interpreter."""
+    if options.single_interpreter:
+        start = [sys.executable, "-m", "gpuboard.prefect_worker"]
+    else:
+        start = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
     return [
-        sys.executable,
-        "-m",
-        "prefect",
-        "worker",
-        "start",
+        *start,
         "--pool",
         options.pool,
         "--name",
         options.worker_id,
-        "--type",
-        "process",
         "--limit",
         str(options.runs),
     ]
@@ -268,10 +271,6 @@ def _prepare_child() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    niceness = int(os.environ.get("GPUBOARD_FLOW_RUN_NICE", "0") or 0)
-    if niceness:
-        with contextlib.suppress(OSError):
-            os.nice(niceness)
 
 
 def _describe(returncode: int) -> str:

@@ -17,9 +17,8 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
@@ -42,8 +41,6 @@ ERROR_RETRY_S = 1.0
 # How stale the queue's knowledge that its GCL exists and is enabled may be: a GCL
 # disabled by an operator lets at most this long of requests through unlimited.
 GCL_CHECK_EVERY_S = 1.0
-# A slot request not answered in this long is sent again alongside (see _acquire_hedged).
-HEDGE_AFTER_S = 0.25
 
 
 class SlotUnusable(RuntimeError):
@@ -115,7 +112,6 @@ class SlotQueue:
         self._returned = asyncio.Event()
         self._full_tries = 0  # refusals in a row because every slot was taken
         self._gcl_checked_at = -GCL_CHECK_EVERY_S
-        self._background: set[asyncio.Future[None]] = set()
         self.state = QueueState()
 
     # -- what the server side of the host calls ----------------------------------------
@@ -189,7 +185,13 @@ class SlotQueue:
             if not await self._gcl_usable():
                 await self._fail_all(await self._unusable_reason())
                 return
-            answer = await self._acquire_hedged(ticket)
+            answer = await leased_slots.acquire(
+                self._client,
+                self.gcl,
+                lease_seconds=self.lease_seconds,
+                task_run_id=ticket.task_run_id,
+                flow_run_id=ticket.flow_run_id,
+            )
         except Exception as exc:  # 401, 404, 500...: say so and ask again; lose nothing
             self._set_error(f"asking for a slot of {self.gcl} failed: {_describe(exc)}")
             await asyncio.sleep(ERROR_RETRY_S)
@@ -220,67 +222,6 @@ class SlotQueue:
         else:
             self._gcl_checked_at = -GCL_CHECK_EVERY_S  # read it before the next ask
             await self._fail_all(await self._unusable_reason())
-
-    async def _acquire_hedged(self, ticket: _Ticket) -> leased_slots.SlotAnswer:
-        """Ask for a slot; if the server has not answered in HEDGE_AFTER_S, ask again
-        alongside. On SQLite a request that meets a lock can hang for seconds before its
-        503 while a fresh one is answered in milliseconds (measured: 2.0-2.7 s stalls,
-        the next try granted in 0.02-0.1 s). The first grant wins; a second one is given
-        back at once."""
-
-        def ask() -> asyncio.Future[leased_slots.SlotAnswer]:
-            return asyncio.ensure_future(
-                leased_slots.acquire(
-                    self._client,
-                    self.gcl,
-                    lease_seconds=self.lease_seconds,
-                    task_run_id=ticket.task_run_id,
-                    flow_run_id=ticket.flow_run_id,
-                )
-            )
-
-        first = ask()
-        pending: set[asyncio.Future[leased_slots.SlotAnswer]] = {first}
-        await asyncio.wait(pending, timeout=HEDGE_AFTER_S)
-        if not first.done():
-            pending.add(ask())
-        answers: list[leased_slots.SlotAnswer] = []
-        failure: BaseException | None = None
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for attempt in done:
-                error = attempt.exception()
-                if error is not None:
-                    failure = failure or error
-                else:
-                    answers.append(attempt.result())
-            if any(answer.answer == "granted" for answer in answers):
-                break
-        for late in pending:  # still asking: a grant that comes now is not needed
-            late.add_done_callback(self._give_back_late_grant)
-        granted = [answer for answer in answers if answer.answer == "granted"]
-        for extra in granted[1:]:
-            assert extra.lease_id is not None
-            self._in_background(self._release(extra.lease_id))
-        if granted:
-            return granted[0]
-        if answers:
-            # "busy" only if no attempt said something more telling.
-            return min(answers, key=lambda answer: answer.answer == "busy")
-        assert failure is not None
-        raise failure
-
-    def _give_back_late_grant(self, attempt: asyncio.Future[leased_slots.SlotAnswer]) -> None:
-        if attempt.cancelled() or attempt.exception() is not None:
-            return
-        answer = attempt.result()
-        if answer.answer == "granted" and answer.lease_id is not None:
-            self._in_background(self._release(answer.lease_id))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _grant(self, ticket: _Ticket, lease_id: UUID) -> None:
         self._queue.popleft()

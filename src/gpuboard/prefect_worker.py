@@ -1,0 +1,44 @@
+"""`python -m gpuboard.prefect_worker`: the Prefect process worker that `gpuboard worker`
+runs, started the way `prefect worker start --type process` starts one, with one
+interpreter per flow run (core/prefect/single_interpreter.py). Not a command for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpuboard.prefect_worker")
+    parser.add_argument("--pool", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--limit", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+
+    from gpuboard.core.prefect.single_interpreter import SingleInterpreterProcessWorker
+
+    # As `prefect worker start`: the first SIGINT/SIGTERM stops taking runs and lets the
+    # running ones finish; a second one kills.
+    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
+    worker = SingleInterpreterProcessWorker(
+        work_pool_name=args.pool,
+        name=args.name,
+        limit=args.limit,
+        prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
+        heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
+    )
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(worker.start(printer=print))
+    print(f"Worker {args.name!r} stopped!", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
