@@ -6,6 +6,7 @@ board's rendering does: review the SVGs with `pytest --snapshot-update` after a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,3 +233,12 @@ def test_whole_screen_server_unreachable(snap_compare: Any) -> None:
         ),
     )
     assert snap_compare(board(down), terminal_size=(80, 24), run_before=shown)
+
+
+def test_the_readme_shows_the_current_board() -> None:
+    """docs/board.svg (in the README) is the 140x40 snapshot: after `--snapshot-update`,
+    copy it there."""
+    snapshots = Path(__file__).parent / "__snapshots__" / "test_dashboard_snapshot"
+    current = (snapshots / "test_whole_screen[140x40].svg").read_text()
+    shown = (Path(__file__).parents[2] / "docs" / "board.svg").read_text()
+    assert shown == current, "docs/board.svg is out of date: copy the 140x40 snapshot"

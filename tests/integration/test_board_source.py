@@ -31,7 +31,8 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
     pool, worker = f"cost-{uuid.uuid4().hex[:6]}", f"w-{uuid.uuid4().hex[:6]}"
     # Every part read on every refresh here; by default the last hour's part is read every
     # FINISHED_EVERY seconds only.
-    source = BoardSource(pool, prefect_server.api_url, finished_every=0)
+    # Host states polled on every read (no events websocket): a fixed count too.
+    source = BoardSource(pool, prefect_server.api_url, finished_every=0, follow_hosts=False)
     async with poll_client(prefect_server.api_url) as client:
         await create_pool(client, pool)
         await heartbeat(client, pool, worker)
@@ -52,14 +53,20 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
     assert few.runs is not None and many.runs is not None
     assert (few.runs.running, many.runs.running) == (1, 11)
     assert many.runs.completed == 30
-    # Workers, GCLs, 4 counts, 2 run lists, the running runs' tasks, the GPU readings; then
-    # the last hour: 3 counts and the latest failures.
-    assert few.cost.api_calls == many.cost.api_calls == 10 + 4
+    # Workers, GCLs, 4 counts, 2 run lists, the running runs' tasks, the GPU readings, the
+    # host states; then the last hour: 3 counts and the latest failures.
+    assert few.cost.api_calls == many.cost.api_calls == 11 + 4
     view = many.worker(worker)
     assert view is not None and (view.inferring, view.waiting, view.downloading) == (0, 10, 1)
 
+    # The usual board follows host states on the events websocket: once it is connected,
+    # a refresh reads them through the API only every POLL_EVERY_S.
     usual = BoardSource(pool, prefect_server.api_url)
     await usual.read()
+    deadline = time.monotonic() + 20
+    while not usual.host_feed.stream_up:
+        assert time.monotonic() < deadline, "the events websocket never connected"
+        await asyncio.sleep(0.05)
     first, second = await usual.read(), await usual.read()
     await usual.aclose()
     assert (first.cost.api_calls, second.cost.api_calls) == (10, 10)

@@ -59,7 +59,7 @@ class Host:
             client.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(name=self.gcl, limit=LIMIT)
             )
-        self.socket = default_socket_path(self.worker)
+        self.socket = default_socket_path(self.worker, api_url)
         self.lines: list[str] = []
         self.supervisor = HostSupervisor(
             HostConfig(self.worker, api_url, self.socket, ModelSettings(threads=2)),

@@ -78,6 +78,9 @@ class HostStateFeed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _connected(self) -> None:
+        self.stream_up, self.stream_error = True, None
+
     def _merge(self, state: HostState, via: Via) -> bool:
         known = self._latest.get(state.worker)
         if known is not None and known.updated_at >= state.updated_at:
@@ -90,10 +93,10 @@ class HostStateFeed:
         failures = 0
         while True:
             try:
-                async for event in follow_events(self.api_url, EVENT_NAME):
+                async for event in follow_events(self.api_url, EVENT_NAME, self._connected):
                     if not event.resource_id.startswith(RESOURCE_PREFIX):
                         continue
-                    self.stream_up, self.stream_error, failures = True, None, 0
+                    failures = 0
                     state = state_from_event_payload(event.payload)
                     if state is not None and self._merge(state, "stream"):
                         self._on_change()

@@ -72,7 +72,7 @@ class WorkerOptions:
     api_url: str
     # How its inference host loads the model: which GPU, threads, arena cap.
     model: ModelSettings = field(default_factory=ModelSettings)
-    # Where the host listens; None: default_socket_path(worker_id).
+    # Where the host listens; None: default_socket_path(worker_id, api_url).
     socket_path: Path | None = None
     # One interpreter per flow run (core/prefect/single_interpreter.py); False: Prefect's
     # own start through its workspace supervisor (two).
@@ -80,7 +80,7 @@ class WorkerOptions:
 
     @property
     def host_socket(self) -> Path:
-        return self.socket_path or default_socket_path(self.worker_id)
+        return self.socket_path or default_socket_path(self.worker_id, self.api_url)
 
 
 def validate_worker_id(worker_id: str) -> str:

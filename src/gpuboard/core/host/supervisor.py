@@ -53,13 +53,16 @@ class HostConfig:
     model: ModelSettings
 
 
-def default_socket_path(worker_id: str) -> Path:
+def default_socket_path(worker_id: str, api_url: str) -> Path:
     """Where worker `worker_id`'s host listens: a short path (Unix sockets allow ~107
-    bytes) in a folder of this user's, the same for every life of the worker."""
+    bytes) in a folder of this user's, the same for every life of the worker. The server
+    and gpuboard's home are part of it: two stacks on one machine (a test beside a real
+    one, two servers) may both have a `gpu-1`, and must not take over each other's."""
     folder = Path(tempfile.gettempdir()) / f"gpuboard-{os.getuid()}"
-    name = f"{worker_id}.sock"
+    scope = hashlib.sha256(f"{api_url}|{gpuboard_home()}".encode()).hexdigest()[:8]
+    name = f"{worker_id}-{scope}.sock"
     if len(str(folder / name)) > 100:
-        name = hashlib.sha256(worker_id.encode()).hexdigest()[:24] + ".sock"
+        name = hashlib.sha256(f"{worker_id}|{scope}".encode()).hexdigest()[:24] + ".sock"
     return folder / name
 
 

@@ -4,7 +4,7 @@ them live on Prefect's events websocket."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -81,7 +81,9 @@ async def read_latest_per_resource(
     ]
 
 
-async def follow_events(api_url: str, name: str) -> AsyncIterator[ReceivedEvent]:
+async def follow_events(
+    api_url: str, name: str, on_connected: Callable[[], None] = lambda: None
+) -> AsyncIterator[ReceivedEvent]:
     """Events called `name` as the server receives them, on its events websocket
     (`/events/out`): seconds before the event persister makes them readable through
     `/events/filter`. Starts with the last minute's (Prefect's backfill). Raises when the
@@ -96,6 +98,7 @@ async def follow_events(api_url: str, name: str) -> AsyncIterator[ReceivedEvent]
         reconnect_on_clean_close=True,
     )
     async with subscriber:
+        on_connected()
         async for event in subscriber:
             yield ReceivedEvent(
                 resource_id=event.resource.id, occurred=event.occurred, payload=dict(event.payload)
