@@ -353,6 +353,9 @@ def summarize(outcome: Outcome, args: argparse.Namespace) -> dict[str, Any]:
         "model_loads": outcome.model_loads,
         "model_load_p50_s": pipeline.pct([r["model_load_s"] for r in records], 0.5),
         "inference_p50_s": pipeline.pct(inferences, 0.5),
+        "transfer_p50_s": pipeline.pct(
+            [r["transfer_s"] for r in records if r.get("transfer_s") is not None], 0.5
+        ),
         "wait_p50_s": pipeline.pct(waits, 0.5),
         "wait_p95_s": pipeline.pct(waits, 0.95),
         "worst_free_wait_s": free["worst_free_wait_s"],
@@ -371,6 +374,7 @@ ROWS = [
     ("model_loads", "model loads", "{}"),
     ("model_load_p50_s", "model load p50 in a run (s)", "{:.2f}"),
     ("inference_p50_s", "inference p50 (s)", "{:.2f}"),
+    ("transfer_p50_s", "pixels to the host and back p50 (s)", "{:.3f}"),
     ("wait_p50_s", "slot wait p50 (s)", "{:.2f}"),
     ("wait_p95_s", "slot wait p95 (s)", "{:.2f}"),
     ("worst_free_wait_s", "worst run: waited with a free slot (s)", "{:.2f}"),

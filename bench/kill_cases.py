@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from gpuboard.core.config import gcl_name
 from gpuboard.core.host.supervisor import HostConfig, HostSupervisor, default_socket_path
@@ -205,13 +206,14 @@ def main() -> int:
                 await ensure_work_pool(api, "kill")
 
         asyncio.run(pool())
-        times = host_cases(server.api_url, args.repeat)
-        times["whole worker killed, not restarted: slot free after (s)"] = [
-            worker_case(server.api_url, restart=False, home=home)
-        ]
-        times["whole worker killed, restarted at once: slot free after (s)"] = [
-            worker_case(server.api_url, restart=True, home=home)
-        ]
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            times = host_cases(server.api_url, args.repeat)
+            times["whole worker killed, not restarted: slot free after (s)"] = [
+                worker_case(server.api_url, restart=False, home=home)
+            ]
+            times["whole worker killed, restarted at once: slot free after (s)"] = [
+                worker_case(server.api_url, restart=True, home=home)
+            ]
     finally:
         server.stop()
     print(f"\nbench/kill_cases.py --repeat {args.repeat}; {os.cpu_count()} cores\n")
