@@ -100,5 +100,7 @@ def host_parts(host: HostState, now: float) -> list[str]:
     if host.load_s is not None:
         parts.append(f"loaded in {host.load_s:.1f}s")
     if host.model_loads > 1 or host.restarts:
-        parts.append(f"{host.model_loads} loads, {host.restarts} restarts")
+        loads = "load" if host.model_loads == 1 else "loads"
+        restarts = "restart" if host.restarts == 1 else "restarts"
+        parts.append(f"{host.model_loads} {loads}, {host.restarts} {restarts}")
     return parts
