@@ -19,6 +19,8 @@ from gpuboard.core.host.publisher import publish_state
 from gpuboard.core.host.state import HostState, SlotHolder
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.nvml_source import NvmlSource
+from gpuboard.core.prefect import leased_slots
+from gpuboard.core.prefect.gcl import read_gcl
 from gpuboard.core.prefect.poll_client import poll_client
 from gpuboard.core.status import read_snapshot, snapshot_to_json
 from gpuboard.tui.app import GpuBoardApp
@@ -184,3 +186,50 @@ async def test_the_holders_screen_names_the_host_as_holder(hosted: Hosted) -> No
                 for n in app._notifications
             ),
         )
+
+
+async def test_a_silent_hosts_slot_is_released_from_the_holders_screen(hosted: Hosted) -> None:
+    """A host that stopped publishing (its whole worker died) holds a real lease: x, y
+    releases it on the server at once instead of after the lease expires."""
+    worker = f"silent-{uuid.uuid4().hex[:5]}"
+    async with poll_client(hosted.api_url) as client:
+        await create_gcl(client, f"gpu:{worker}", 1)
+        answer = await leased_slots.acquire(
+            client, f"gpu:{worker}", lease_seconds=60, task_run_id=None, flow_run_id=None
+        )
+    assert answer.lease_id is not None
+    last_heard = time.time() - 120
+    await publish(
+        hosted,
+        host_state(hosted, worker=worker, updated_at=last_heard, queued=0).with_changes(
+            holders=(SlotHolder(str(answer.lease_id), 7, None, None, last_heard),)
+        ),
+    )
+    app = board(hosted)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: app.snapshot is not None and bool(app.snapshot.worker(worker)))
+        await until(
+            pilot,
+            lambda: app.snapshot is not None and app.snapshot.worker(worker).host is not None,
+            timeout=30,
+        )
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HoldersScreen))
+        screen = app.screen
+        assert isinstance(screen, HoldersScreen)
+        key = f"gpu:{worker}|host|{answer.lease_id}"
+        await until(pilot, lambda: key in screen._host_holdings)
+        table = screen.query_one("#slot-holders", DataTable)
+        assert "host silent" in " ".join(str(cell) for cell in table.get_row(key))
+        table.focus()
+        table.move_cursor(row=table.get_row_index(key))
+        await pilot.press("x")
+        await pilot.pause(0.3)
+        await pilot.press("y")
+        await until(
+            pilot,
+            lambda: any("back in service" in str(n.message) for n in app._notifications),
+        )
+    async with poll_client(hosted.api_url) as client:
+        gcl = await read_gcl(client, f"gpu:{worker}")
+    assert gcl is not None and gcl.active_slots == 0

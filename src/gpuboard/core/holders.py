@@ -28,7 +28,7 @@ from gpuboard.core.config import gcl_name
 from gpuboard.core.host.state import HostState, SlotHolder
 from gpuboard.core.limit_actions import ReadOnlyError
 from gpuboard.core.prefect.client import async_client
-from gpuboard.core.prefect.leases import RunState, read_flow_run_states
+from gpuboard.core.prefect.leases import RunState, read_flow_run_states, release_lease
 from gpuboard.core.prefect.run_health import StateMark
 from gpuboard.core.reclaim import (
     PENDING_STUCK_AFTER_S,
@@ -149,8 +149,9 @@ async def _host_holdings(
         reason = (
             f"inference host of {worker} ({where}): released when the inference ends"
             if live
-            else f"inference host of {worker} silent for {state.age(now):.0f} s: the slot "
-            "is freed when its lease expires (<= 60 s) or `gpuboard worker` restarts"
+            else f"inference host of {worker} silent for {state.age(now):.0f} s (its worker "
+            "died?): the slot frees itself when its lease expires (<= 60 s) or `gpuboard "
+            "worker` restarts; x releases it now"
         )
         holdings.append(
             HostHolding(
@@ -175,6 +176,45 @@ def _uuid(value: str | None) -> UUID | None:
         return UUID(value) if value else None
     except ValueError:
         return None
+
+
+async def release_silent_host_slot(
+    gcl: str,
+    lease_id: UUID,
+    host: HostState | None,
+    *,
+    api_url: str | None = None,
+    read_only: bool = False,
+) -> Release:
+    """Release a slot held by an inference host that has stopped publishing (its whole
+    worker died: nothing else will release it before its lease expires). `host` is the
+    host as last heard; a host heard from again since is refused in `error`."""
+    target = f"{gcl} lease {lease_id} of an inference host"
+    if read_only:
+        record_action("lease.release", target, result="refused: read-only")
+        raise ReadOnlyError("gpuboard runs read-only: slots cannot be released")
+    if host is None or not host.stale(time.time()):
+        reason = "the host is publishing again" if host is not None else "no such host"
+        record_action("lease.release", target, result=f"refused: {reason}")
+        return Release(lease_id, None, "", was_held=None, error=reason)
+    holder = next((h for h in host.holders if h.lease_id == str(lease_id)), None)
+    flow_run_id = _uuid(holder.flow_run_id) if holder is not None else None
+    reason = f"inference host of {host.worker} silent for {host.age(time.time()):.0f} s"
+    async with async_client(api_url) as client:
+        try:
+            was_held = await release_lease(client, lease_id)
+        except Exception as exc:
+            release = Release(lease_id, flow_run_id, reason, None, f"release failed: {exc}")
+        else:
+            release = Release(lease_id, flow_run_id, reason, was_held=was_held)
+    record_action(
+        "lease.release",
+        f"{target} of flow run {flow_run_id or '?'}",
+        before=reason,
+        after="slot back" if release.was_held else "lease had expired",
+        result="ok" if release.error is None else f"refused: {release.error}",
+    )
+    return release
 
 
 async def release_dead_holder(

@@ -575,7 +575,13 @@ class GpuBoardApp(App[int]):
             host_states=self._host_states,
         )
         self.push_screen(
-            HoldersScreen(read, api_url=self.api_url, pool=self.pool, read_only=self.read_only)
+            HoldersScreen(
+                read,
+                api_url=self.api_url,
+                pool=self.pool,
+                read_only=self.read_only,
+                host_states=self._host_states,
+            )
         )
 
     def _host_states(self) -> dict[str, HostState]:

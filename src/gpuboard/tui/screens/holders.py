@@ -5,7 +5,7 @@ after a y/n. Read every couple of seconds while open."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import ClassVar, TypeVar
 from uuid import UUID
 
@@ -22,8 +22,10 @@ from gpuboard.core.holders import (
     HostHolding,
     RunRemedy,
     release_dead_holder,
+    release_silent_host_slot,
     remedy_run,
 )
+from gpuboard.core.host.state import HostState
 from gpuboard.core.reclaim import PENDING_STUCK_AFTER_S, Holder, StaleRun
 from gpuboard.core.text_format import human_age
 from gpuboard.tui.errors import operator_reason
@@ -60,9 +62,11 @@ class HoldersScreen(Screen[None]):
         api_url: str,
         pool: str,
         read_only: bool = False,
+        host_states: Callable[[], Mapping[str, HostState]] | None = None,
     ) -> None:
         super().__init__()
         self.read = read
+        self.host_states = host_states
         self.api_url = api_url
         self.pool = pool
         self.read_only = read_only
@@ -174,7 +178,7 @@ class HoldersScreen(Screen[None]):
             return
         hosted = self._selected("#slot-holders", self._host_holdings)
         if hosted is not None:
-            self.notify(f"not released: held by the {hosted.reason}", severity="warning")
+            self._release_host_slot(hosted)
             return
         selected = self._selected("#slot-holders", self._holders)
         if selected is None:
@@ -192,6 +196,40 @@ class HoldersScreen(Screen[None]):
                 self._release(gcl, holder.record.lease_id, run)
 
         self.app.push_screen(ConfirmDialog(question), confirmed)
+
+    def _release_host_slot(self, held: HostHolding) -> None:
+        """A live host gives its slots back itself; a silent one's (its worker died) can
+        be released here, after a question."""
+        if held.host_live:
+            self.notify(f"not released: held by the {held.reason}", severity="warning")
+            return
+        run = held.flow_run.name if held.flow_run else str(held.holder.flow_run_id or "?")
+        question = f"Release the {held.gcl} slot its silent host held for {run}?"
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._release_from_host(held, run)
+
+        self.app.push_screen(ConfirmDialog(question), confirmed)
+
+    @work(group="holders-act", exit_on_error=False)
+    async def _release_from_host(self, held: HostHolding, run: str) -> None:
+        try:
+            release = await release_silent_host_slot(
+                held.gcl,
+                UUID(held.holder.lease_id),
+                self.host_states().get(held.worker) if self.host_states else None,
+                api_url=self.api_url,
+                read_only=self.read_only,
+            )
+        except Exception as exc:
+            self.notify(f"slot not released: {operator_reason(exc)}", severity="error")
+            return
+        if release.error:
+            self.notify(f"slot not released: {release.error}", severity="warning")
+        else:
+            self.notify(f"{held.gcl}: the slot held for {run} is back in service")
+        self.action_read()
 
     @work(group="holders-act", exit_on_error=False)
     async def _release(self, gcl: str, lease_id: UUID, run: str) -> None:
