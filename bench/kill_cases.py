@@ -38,7 +38,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from gpuboard.core.config import gcl_name
 from gpuboard.core.host.supervisor import HostConfig, HostSupervisor, default_socket_path
 from gpuboard.core.inference import ModelSettings
-from gpuboard.core.local_server import LocalServer
+from gpuboard.core.local_server import LocalServer, free_port
 from gpuboard.core.prefect.client import async_client, sync_client
 from gpuboard.core.prefect.pool import ensure_work_pool
 from gpuboard.core.prefect.slots import read_gcl_now
@@ -195,7 +195,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="gpuboard-bench-kill-"))
-    server = LocalServer(home=home / "server", port=_free_port())
+    server = LocalServer(home=home / "server", port=free_port())
     server.start()
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["GPUBOARD_HOME"] = str(home)  # the workers' too: their sockets are found
@@ -223,14 +223,6 @@ def main() -> int:
         shown = ", ".join(f"{v:.2f}" for v in values)
         print(f"| {case} | {statistics.median(values):.2f} | {shown} |")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from gpuboard.core.inference import nvidia_gpu_count
-from gpuboard.core.local_server import LocalServer
+from gpuboard.core.local_server import LocalServer, free_port
 from gpuboard.core.nvml_source import NvmlSource
 from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.deploy import deploy_process_image
@@ -112,7 +112,7 @@ def main() -> int:
         print("gpu-owner check: no NVIDIA GPU here; nothing to check")
         return 0
     home = Path(tempfile.mkdtemp(prefix="gpuboard-owner-check-"))
-    server = LocalServer(home=home / "server", port=_free_port())
+    server = LocalServer(home=home / "server", port=free_port())
     server.start()
     workers = [f"check-{n + 1}" for n in range(args.workers)]
     children: list[subprocess.Popen[bytes]] = []
@@ -187,14 +187,6 @@ async def _online(api_url: str, names: set[str]) -> None:
             return
         await asyncio.sleep(0.5)
     raise SystemExit(f"workers {names} did not come online")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from gpuboard.core.inference import ModelSettings
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.client import sync_client
 from gpuboard.core.prefect.slots import read_gcl_now
+from support.intervals import max_overlap
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -154,15 +155,6 @@ def in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
     return results
 
 
-def deepest(intervals: list[tuple[float, float]]) -> int:
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    depth = most = 0
-    for _, step in edges:
-        depth += step
-        most = max(most, depth)
-    return most
-
-
 def test_concurrent_requests_are_served_within_the_limit_by_one_model(host: Host) -> None:
     sampler = SlotSampler(host)
     replies = in_threads(8, lambda i: host.read(i + 1))
@@ -171,7 +163,7 @@ def test_concurrent_requests_are_served_within_the_limit_by_one_model(host: Host
     assert [reply.ocr.text for reply in replies] == [sample_text(i + 1) for i in range(8)]
     assert most_on_server <= LIMIT
     spans = [(r.timings.inference_started_at, r.timings.inference_ended_at) for r in replies]
-    assert deepest(spans) <= LIMIT
+    assert max_overlap(spans) <= LIMIT
     assert max(reply.timings.slot_wait_s for reply in replies) > 0.05  # some really waited
     # One model, loaded once, served them all.
     assert {(reply.host.pid, reply.host.started_at) for reply in replies} == {

@@ -32,6 +32,7 @@ from gpuboard.core.prefect.deploy import deploy_process_image
 from gpuboard.core.prefect.gcl import read_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, read_pool_workers
 from gpuboard.core.project import find_project_dir
+from support.intervals import max_overlap
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -78,16 +79,6 @@ def children() -> Iterator[Children]:
         yield started
     finally:
         started.stop_all()
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant (an end at t comes before a start at t)."""
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    depth = deepest = 0
-    for _, step in edges:
-        depth += step
-        deepest = max(deepest, depth)
-    return deepest
 
 
 def test_max_overlap_counts_touching_intervals_as_apart() -> None:

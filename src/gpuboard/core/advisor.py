@@ -62,16 +62,7 @@ def advise(gpu: GpuSample, peak: int | None, limits: dict[str, int | None]) -> L
     if not peak:
         return None
     usable = usable_memory(gpu)
-    known = [limit for limit in limits.values() if limit is not None]
-    combined = sum(known) if len(known) == len(limits) and known else None
-    return LimitAdvice(
-        gpu_key=gpu.key,
-        peak_per_inference=peak,
-        usable_memory=usable,
-        fits=usable // peak,
-        limit=combined,
-        sharing_workers=tuple(sorted(limits)),
-    )
+    return _advice(gpu, peak, usable, limits)
 
 
 def advise_from_hosts(
@@ -90,6 +81,12 @@ def advise_from_hosts(
     others = max(0, gpu.memory_used - held_by_hosts)
     models = sum(h.gpu_memory_model or 0 for h in hosts.values())
     usable = max(0, gpu.memory_total - others - models)
+    return _advice(gpu, peak, usable, limits)
+
+
+def _advice(gpu: GpuSample, peak: int, usable: int, limits: dict[str, int | None]) -> LimitAdvice:
+    """How many fit at `peak` in `usable`, beside the limits of the workers sharing `gpu`.
+    A worker without a limit (no GCL) makes the combined limit unknown (None): unlimited."""
     known = [limit for limit in limits.values() if limit is not None]
     combined = sum(known) if len(known) == len(limits) and known else None
     return LimitAdvice(

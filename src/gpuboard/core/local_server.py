@@ -48,6 +48,15 @@ def server_env(home: Path) -> dict[str, str]:
     }
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now, for a server of one's own (tests, benches)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def api_is_healthy(api_url: str, timeout: float = 2.0) -> bool:
     """True when a Prefect API answers its health check at `api_url`."""
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from types import FrameType
 
 from prefect.client.orchestration import PrefectClient
 
+from gpuboard.core.child_process import prepare_child
 from gpuboard.core.config import (
     FLOW_HEARTBEAT_ENV,
     FLOW_HEARTBEAT_S,
@@ -53,7 +53,6 @@ WORKER_SETTING_DEFAULTS = {
     # and worker both died is flagged stale after 90 s instead of 9 minutes.
     FLOW_HEARTBEAT_ENV: str(FLOW_HEARTBEAT_S),
 }
-_PR_SET_PDEATHSIG = 1
 CSRF_SUPPORT_ENV = "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"
 
 
@@ -229,7 +228,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
         # Its own session: a terminal's Ctrl-C or a group kill reaches only us, and we pass
         # it on exactly once (Prefect treats a second SIGINT as "stop now").
         start_new_session=True,
-        preexec_fn=_prepare_child,
+        preexec_fn=prepare_child,
     )
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -257,20 +256,6 @@ async def _forget(options: WorkerOptions) -> None:
     async with async_client(options.api_url) as client:
         await forget_worker(client, options.pool, options.worker_id)
         await forget_worker_process(client, options.worker_id)
-
-
-def _prepare_child() -> None:
-    """Runs in the child between fork and exec.
-
-    SIGINT back to its default: a process started from a background shell job inherits
-    SIGINT *ignored*, and Prefect's worker, which stops by sending itself SIGINT, then
-    never stops. On Linux, also ask for SIGTERM when this process dies, so a `gpuboard
-    worker` killed hard leaves no Prefect worker running on its own.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _describe(returncode: int) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from gpuboard.core.child_process import prepare_child
 from gpuboard.core.config import gpuboard_home
 from gpuboard.core.host.state import HostState, state_from_payload
 from gpuboard.core.inference import ModelSettings
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_S = 60.0  # a host that ran this long starts its next restart delay afresh
 STOP_TIMEOUT_S = 40.0  # the host's grace for in-flight inferences, and some
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ class HostSupervisor:
                 self._command(self.config, write_fd),
                 stdin=subprocess.DEVNULL,
                 pass_fds=(write_fd,),
-                preexec_fn=_die_with_parent,
+                preexec_fn=prepare_child,
             )
         except OSError as exc:
             os.close(read_fd)
@@ -290,15 +289,6 @@ class HostSupervisor:
             os.replace(temp, self.lease_file)
         except OSError as exc:
             log.debug("cannot write %s: %s", self.lease_file, exc)
-
-
-def _die_with_parent() -> None:
-    """In the host between fork and exec: SIGTERM when its supervisor dies (Linux), so a
-    `gpuboard worker` killed hard leaves no host behind holding slots."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _describe_exit(returncode: int) -> str:
