@@ -20,8 +20,8 @@ test: $(STAMP)  ## install, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests flows bench
-	$(BIN)/ruff format --check src tests flows bench
+	$(BIN)/ruff check src tests flows bench scripts
+	$(BIN)/ruff format --check src tests flows bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
