@@ -253,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the model on the CPU even where a GPU with CUDA is usable",
     )
     worker.add_argument(
+        "--executor",
+        choices=("warm", "process"),
+        default="warm",
+        help="warm: flow runs in warm runner processes that already imported Prefect and "
+        "the flow (default); process: a fresh process per flow run, as Prefect's process "
+        "worker",
+    )
+    worker.add_argument(
         "--workspace-supervisor",
         action="store_true",
         help="start flow runs the stock Prefect way, through its workspace supervisor (two "
@@ -525,6 +533,7 @@ def _worker(args: argparse.Namespace) -> int:
             gpu_memory_limit=args.gpu_memory_limit,
         ),
         single_interpreter=not args.workspace_supervisor,
+        executor="process" if args.workspace_supervisor else args.executor,
     )
     return run_worker(options, log=_say)
 

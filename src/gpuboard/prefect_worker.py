@@ -1,6 +1,7 @@
-"""`python -m gpuboard.prefect_worker`: the Prefect process worker that `gpuboard worker`
-runs, started the way `prefect worker start --type process` starts one, with one
-interpreter per flow run (core/prefect/single_interpreter.py). Not a command for people.
+"""`python -m gpuboard.prefect_worker`: the Prefect worker that `gpuboard worker` runs,
+started the way `prefect worker start` starts one: the warm executor (core/warm/, flow
+runs in warm runner processes) or Prefect's process worker with one interpreter per flow
+run (core/prefect/single_interpreter.py). Not a command for people.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pool", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--limit", type=int, required=True)
+    parser.add_argument("--executor", choices=("warm", "process"), default="warm")
     args = parser.parse_args(argv)
 
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
     from gpuboard.core.prefect.single_interpreter import SingleInterpreterProcessWorker
+    from gpuboard.core.warm.worker import WarmWorker
 
     # As `prefect worker start`: the first SIGINT/SIGTERM stops taking runs and lets the
     # running ones finish; a second one kills.
-    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
-    worker = SingleInterpreterProcessWorker(
+    setup_signal_handlers_worker(os.getpid(), f"the {args.executor} worker", print)
+    worker_class = WarmWorker if args.executor == "warm" else SingleInterpreterProcessWorker
+    worker = worker_class(
         work_pool_name=args.pool,
         name=args.name,
         limit=args.limit,

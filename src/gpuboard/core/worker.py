@@ -74,8 +74,10 @@ class WorkerOptions:
     # Where the host listens; None: default_socket_path(worker_id, api_url).
     socket_path: Path | None = None
     # One interpreter per flow run (core/prefect/single_interpreter.py); False: Prefect's
-    # own start through its workspace supervisor (two).
+    # own start through its workspace supervisor (two). With the process executor.
     single_interpreter: bool = True
+    # "warm": flow runs in warm runner processes (core/warm/); "process": a process each.
+    executor: str = "warm"
 
     @property
     def host_socket(self) -> Path:
@@ -140,10 +142,12 @@ async def _reschedule_orphans(client: PrefectClient, options: WorkerOptions) -> 
 
 
 def worker_command(options: WorkerOptions) -> list[str]:
-    """The Prefect worker's command line: Prefect's process worker, by default the
-    variant that starts each flow run as one interpreter."""
-    if options.single_interpreter:
-        start = [sys.executable, "-m", "gpuboard.prefect_worker"]
+    """The Prefect worker's command line: the warm executor, or Prefect's process worker
+    (by default the variant that starts each flow run as one interpreter)."""
+    if options.executor == "warm":
+        start = [sys.executable, "-m", "gpuboard.prefect_worker", "--executor", "warm"]
+    elif options.single_interpreter:
+        start = [sys.executable, "-m", "gpuboard.prefect_worker", "--executor", "process"]
     else:
         start = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
     return [

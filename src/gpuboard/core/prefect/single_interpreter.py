@@ -58,7 +58,19 @@ class SingleInterpreterJobConfiguration(ProcessJobConfiguration):
 
 
 class SingleInterpreterProcessWorker(ProcessWorker):
-    """Prefect's process worker (same pool type, same job template) with one interpreter
-    per flow run. A deployment's own `command` job variable still wins."""
+    """Prefect's process worker (same job template) with one interpreter per flow run. A
+    deployment's own `command` job variable still wins.
 
+    A type of its own: a subclass keeping `process` would replace Prefect's process
+    worker in Prefect's registry of worker types for the whole process.
+    """
+
+    type = "gpuboard-process"
     job_configuration: Any = SingleInterpreterJobConfiguration
+
+    def _record_work_pool_snapshot(self, work_pool: WorkPool) -> None:
+        # A `process` pool's job template is this worker's own: serve it as ours rather
+        # than have Prefect warn of a type mismatch at every start.
+        if work_pool.type == "process":
+            work_pool = work_pool.model_copy(update={"type": self.type})
+        super()._record_work_pool_snapshot(work_pool)
