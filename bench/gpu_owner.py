@@ -7,8 +7,9 @@
               asks for its slot, then reads the image inside bare `concurrency()`.
 (B) gpuboard: `gpuboard worker --runs R` workers on gpuboard's server settings, running
               the real `process-image` deployment: each worker's inference host loaded
-              the model once, takes the slot per image and reads it; the flow-run
-              processes send pixels.
+              the model once, takes the slot per image and reads it; the flow runs (in
+              warm runners: the default executor) send pixels.
+(P) gpuboard with `--executor process`: the same, a fresh single interpreter per run.
 
 Same sample images, same workers x limit x runs per worker, each side on its own fresh
 server, one after the other. Figures per side: makespan, CPU seconds per image (the
@@ -193,8 +194,8 @@ def _in_thread(sampler: GclSampler) -> Any:
 # --------------------------------------------------------------------------- side B
 
 
-def run_gpuboard(args: argparse.Namespace) -> Outcome:
-    outcome = Outcome("B gpuboard host")
+def run_gpuboard(args: argparse.Namespace, executor: str = "warm") -> Outcome:
+    outcome = Outcome(f"gpuboard host, {executor} executor")
     home = Path(tempfile.mkdtemp(prefix="gpuboard-bench-owner-"))
     results = home / "results"
     server = LocalServer(
@@ -223,7 +224,7 @@ def run_gpuboard(args: argparse.Namespace) -> Outcome:
             command = [str(Path(sys.executable).parent / "gpuboard"), "worker", "--id", worker_id]
             command += ["--pool", pool, "--runs", str(args.worker_runs)]
             command += ["--gpu-slots", str(args.limit), "--api-url", server.api_url]
-            command += ["--inference-threads", str(threads)]
+            command += ["--inference-threads", str(threads), "--executor", executor]
             log = (home / f"worker-{worker_id}.log").open("ab")
             workers.append(
                 pipeline.subprocess.Popen(
@@ -386,17 +387,24 @@ ROWS = [
 
 def report(summaries: dict[str, dict[str, Any]]) -> str:
     keys = list(summaries)
+    # Each other side over A, the stock pattern.
+    others = [k for k in keys if k != "A"] if "A" in keys else []
     lines = [
-        f"| {'metric':<40} | " + " | ".join(f"{k:<18}" for k in keys) + " | B / A |",
-        "|" + "-" * 42 + "|" + "|".join("-" * 20 for _ in keys) + "|-------|",
+        f"| {'metric':<40} | "
+        + " | ".join(f"{k:<18}" for k in keys)
+        + "".join(f" | {k} / A" for k in others)
+        + " |",
+        "|" + "-" * 42 + "|" + "|".join("-" * 20 for _ in keys) + "|-------" * len(others) + "|",
     ]
     for key, name, spec in ROWS:
-        values = [summaries[k].get(key) for k in keys]
-        ratio = ""
-        if len(values) == 2 and all(isinstance(v, float) for v in values) and values[0]:
-            ratio = f"{values[1] / values[0]:.2f}"
-        cells = " | ".join(f"{pipeline.fmt(v, spec):<18}" for v in values)
-        lines.append(f"| {name:<40} | {cells} | {ratio:<5} |")
+        values = {k: summaries[k].get(key) for k in keys}
+        ratios = []
+        for k in others:
+            base, value = values["A"], values[k]
+            ok = isinstance(base, float) and isinstance(value, float) and base
+            ratios.append(f"{value / base:.2f}" if ok else "")
+        cells = " | ".join(f"{pipeline.fmt(v, spec):<18}" for v in values.values())
+        lines.append(f"| {name:<40} | {cells}" + "".join(f" | {r:<5}" for r in ratios) + " |")
     text = "\n".join(lines)
     print(text)
     for k in keys:
@@ -418,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=2)
     parser.add_argument("--worker-runs", type=int, default=3, help="flow runs at once per worker")
-    parser.add_argument("--sides", default="AB")
+    parser.add_argument(
+        "--sides",
+        default="AB",
+        help="A stock, B gpuboard (warm executor), P gpuboard (process executor)",
+    )
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--sample-s", type=float, default=0.25, help="GCL sampling period")
     parser.add_argument("--timeout", type=float, default=600.0)
@@ -435,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     outcomes = {}
     for side in args.sides:
-        outcomes[side] = run_stock(args) if side == "A" else run_gpuboard(args)
+        if side == "A":
+            outcomes[side] = run_stock(args)
+        else:
+            outcomes[side] = run_gpuboard(args, "warm" if side == "B" else "process")
     summaries = {side: summarize(outcome, args) for side, outcome in outcomes.items()}
     print(
         f"\nbench/gpu_owner.py --runs {args.runs} --workers {args.workers} --limit {args.limit} "

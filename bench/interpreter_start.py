@@ -112,12 +112,14 @@ class Side:
     key: str
     label: str
     job_variables: dict[str, Any]
+    warm: bool = False  # gpuboard's warm executor instead of a stock process worker
 
 
 def sides() -> dict[str, Side]:
     return {
         "A": Side("A", "supervisor (no command)", {}),
         "B": Side("B", "command = engine", {"command": f"{sys.executable} -m prefect.engine"}),
+        "W": Side("W", "warm runners", {}, warm=True),
     }
 
 
@@ -221,24 +223,17 @@ def worker_env(api_url: str, home: Path, out: Path, probe: Path | None) -> dict[
     return env
 
 
-def start_worker(pool: str, name: str, env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    pool: str, name: str, env: dict[str, str], home: Path, warm: bool = False
+) -> subprocess.Popen[bytes]:
     log = (home / "worker.log").open("ab")
+    start = (
+        [sys.executable, "-m", "gpuboard.prefect_worker", "--executor", "warm"]
+        if warm
+        else [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
+    )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            pool,
-            "--name",
-            name,
-            "--type",
-            "process",
-            "--limit",
-            str(WORKER_LIMIT),
-        ],
+        [*start, "--pool", pool, "--name", name, "--limit", str(WORKER_LIMIT)],
         env=env,
         cwd=home,
         stdout=log,
@@ -353,12 +348,17 @@ def run_side(side: Side, args: argparse.Namespace) -> SideResult:
     server.start()
     try:
         deployment = asyncio.run(prepare(server.api_url, pool, side))
-        worker = start_worker(pool, name, worker_env(server.api_url, home, out, probe), home)
+        worker = start_worker(
+            pool, name, worker_env(server.api_url, home, out, probe), home, warm=side.warm
+        )
+        # The warm runners live on through the batch: their CPU is read live (tree), where
+        # a process worker's flow runs are reaped children by the end.
+        worker_cpu = tree_cpu if side.warm else own_and_reaped_cpu
         result.worker_pid = worker.pid
         asyncio.run(wait_for_worker(server.api_url, pool, name))
         time.sleep(args.settle)  # both sides start from an idle worker
         server_pid = server.process.pid if server.process else 0
-        worker_before = own_and_reaped_cpu(worker.pid)
+        worker_before = worker_cpu(worker.pid)
         server_before = tree_cpu(server_pid)
         machine_before = machine_busy_cpu()
         print(f"[{side.key}] worker {worker.pid} online; submitting {args.runs} runs", flush=True)
@@ -368,8 +368,8 @@ def run_side(side: Side, args: argparse.Namespace) -> SideResult:
         result.timed_out = not asyncio.run(
             wait_final(server.api_url, deployment, args.runs, args.timeout)
         )
-        result.unreaped = wait_reaped(worker.pid)
-        result.worker_cpu_s = own_and_reaped_cpu(worker.pid) - worker_before
+        result.unreaped = 0 if side.warm else wait_reaped(worker.pid)
+        result.worker_cpu_s = worker_cpu(worker.pid) - worker_before
         result.server_cpu_s = tree_cpu(server_pid) - server_before
         result.machine_cpu_s = machine_busy_cpu() - machine_before
         result.window_s = time.time() - result.t0
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     known = sides()
     if not args.sides or any(key not in known for key in args.sides):
-        parser.error("--sides takes A and/or B")
+        parser.error("--sides takes A, B and/or W")
     started, load = time.time(), os.getloadavg()
     summaries = {key: summarize(run_side(known[key], args)) for key in args.sides}
     comparison = compare(summaries)
