@@ -8,6 +8,7 @@ the slot. Download and save overlap freely with other runs on the worker.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import Task, flow, get_run_logger, task
@@ -20,6 +21,7 @@ from gpuboard.core.config import FLOW_NAME, current_worker_id
 from gpuboard.core.images import LoadedImage, load_image, parse_source
 from gpuboard.core.ocr_step import StepResult, flow_process_facts, host_went_away, read_text
 from gpuboard.core.results import save_result
+from gpuboard.core.run_timings import RunTimings, executor_here, measure_flow_run, publish
 
 # Pixels pass between tasks in memory: every task has no cache policy (hashing
 # megapixels per task is waste) and no persisted result (a pickle on disk per image).
@@ -69,15 +71,43 @@ def save_results(image_id: int, worker: str, step: StepResult) -> str:
     return str(save_result(image_id, worker, step.ocr, step.timings, execution=execution))
 
 
+def report_timings(worker: str, step: StepResult, save_s: float, body_started: float) -> None:
+    """Publish where this image's time went (gpuboard.run.timings), for the board. A report:
+    it never fails the run."""
+    try:
+        queued_s, startup_s = measure_flow_run(body_started)
+        flow_run = FlowRunContext.get()
+        run_id = str(flow_run.flow_run.id) if flow_run and flow_run.flow_run else ""
+        publish(
+            RunTimings(
+                flow_run_id=run_id,
+                worker=worker,
+                executor=executor_here(),
+                ended_at=time.time(),
+                queued_s=queued_s,
+                startup_s=startup_s,
+                download_s=step.timings.download_s,
+                slot_wait_s=step.timings.slot_wait_s,
+                inference_s=step.timings.inference_s,
+                save_s=save_s,
+            )
+        )
+    except Exception as exc:
+        get_run_logger().warning("could not publish this run's timings: %s", exc)
+
+
 @flow(name=FLOW_NAME, persist_result=False)
 def process_image(image_id: int, source: str = "sample") -> str:
     """Read the text of image `image_id` from `source` and return the result file's path."""
+    body_started = time.time()
     # Both checks fail the run before any work when the worker or the source is misconfigured.
     worker = current_worker_id()
     parse_source(source)
     image = download_image(image_id, source)
     step = run_ml_model(image, worker)
+    saving = time.perf_counter()
     path = save_results(image_id, worker, step)
+    report_timings(worker, step, time.perf_counter() - saving, body_started)
     timings = step.timings
     get_run_logger().info(
         "image %s: %r on %s via %s (model load %.2fs, slot wait %.2fs, inference %.2fs)",

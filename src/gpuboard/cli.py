@@ -261,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
     )
     worker.add_argument(
+        "--runner-max-runs",
+        type=_positive(1_000_000),
+        default=200,
+        metavar="N",
+        help="with --executor warm: a runner is replaced by a fresh one after N runs "
+        "(default: 200)",
+    )
+    worker.add_argument(
+        "--runner-max-memory",
+        type=_size,
+        default=1 << 30,
+        metavar="SIZE",
+        help="with --executor warm: ...or once its resident memory passes SIZE (default: 1GiB)",
+    )
+    worker.add_argument(
         "--workspace-supervisor",
         action="store_true",
         help="start flow runs the stock Prefect way, through its workspace supervisor (two "
@@ -534,6 +549,8 @@ def _worker(args: argparse.Namespace) -> int:
         ),
         single_interpreter=not args.workspace_supervisor,
         executor="process" if args.workspace_supervisor else args.executor,
+        runner_max_runs=args.runner_max_runs,
+        runner_max_rss_mb=args.runner_max_memory / 2**20,
     )
     return run_worker(options, log=_say)
 

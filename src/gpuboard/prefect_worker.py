@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,19 +20,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--limit", type=int, required=True)
     parser.add_argument("--executor", choices=("warm", "process"), default="warm")
+    parser.add_argument("--runner-max-runs", type=int, default=200)
+    parser.add_argument("--runner-max-rss-mb", type=float, default=1024.0)
     args = parser.parse_args(argv)
 
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
     from prefect.utilities.processutils import setup_signal_handlers_worker
+    from prefect.workers.base import BaseWorker
 
     from gpuboard.core.prefect.single_interpreter import SingleInterpreterProcessWorker
+    from gpuboard.core.warm.runner import RunnerLimits
     from gpuboard.core.warm.worker import WarmWorker
 
     # As `prefect worker start`: the first SIGINT/SIGTERM stops taking runs and lets the
     # running ones finish; a second one kills.
     setup_signal_handlers_worker(os.getpid(), f"the {args.executor} worker", print)
-    worker_class = WarmWorker if args.executor == "warm" else SingleInterpreterProcessWorker
+    options: dict[str, Any] = {}
+    worker_class: type[BaseWorker[Any, Any, Any]] = SingleInterpreterProcessWorker
+    if args.executor == "warm":
+        worker_class = WarmWorker
+        options["limits"] = RunnerLimits(args.runner_max_runs, args.runner_max_rss_mb)
     worker = worker_class(
+        **options,
         work_pool_name=args.pool,
         name=args.name,
         limit=args.limit,

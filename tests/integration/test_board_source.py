@@ -54,8 +54,9 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
     assert (few.runs.running, many.runs.running) == (1, 11)
     assert many.runs.completed == 30
     # Workers, GCLs, 4 counts, 2 run lists, the running runs' tasks, the GPU readings, the
-    # host states; then the last hour: 3 counts and the latest failures.
-    assert few.cost.api_calls == many.cost.api_calls == 11 + 4
+    # host states; then the slow part: the last hour's 3 counts and latest failures, the
+    # executors' states and the runs' timings.
+    assert few.cost.api_calls == many.cost.api_calls == 11 + 6
     view = many.worker(worker)
     assert view is not None and (view.inferring, view.waiting, view.downloading) == (0, 10, 1)
 

@@ -41,6 +41,7 @@ from gpuboard.core.prefect.poll_client import (
     poll_client,
 )
 from gpuboard.core.prefect.snapshot import PrefectRead, read_prefect
+from gpuboard.core.run_reports import RunReports, RunReportsFeed
 
 # A whole refresh gives up after this long; the next tick tries again.
 READ_TIMEOUT = 8.0
@@ -84,6 +85,8 @@ class BoardSource:
         self._last_at: float | None = None
         self._published: list[GpuReading] = []
         self.host_feed = HostStateFeed(self.api_url, stream=follow_hosts, clock=clock)
+        self._reports = RunReportsFeed(finished_every)
+        self._run_reports = RunReports()
         self._host_states: dict[str, HostState] = {}
         self._peaks = PeakTracker()
         self._no_retries = NoRetries()
@@ -95,7 +98,7 @@ class BoardSource:
         requests_before = self._counter.requests
         started = time.perf_counter()
         with self._no_retries():
-            prefect, published, hosts = await self._read_prefect(now)
+            prefect, published, hosts, reports = await self._read_prefect(now)
         api_ms = (time.perf_counter() - started) * 1000
         if isinstance(prefect, SourceError):
             errors.append(prefect)
@@ -117,6 +120,8 @@ class BoardSource:
                 errors.append(hosts)
         else:
             self._host_states = hosts
+        if not isinstance(reports, SourceError):
+            self._run_reports = reports
         readings = merge_readings(local, self._published)
         return self._assemble(
             now, readings, errors, self._counter.requests - requests_before, api_ms
@@ -134,6 +139,7 @@ class BoardSource:
         PrefectRead | SourceError,
         list[GpuReading] | SourceError,
         dict[str, HostState] | SourceError,
+        RunReports | SourceError,
     ]:
         try:
             if self._client is None:
@@ -142,7 +148,7 @@ class BoardSource:
             client = self._client
             last = self._last
             fresh_enough = last is not None and now - self._finished_at < self._finished_every
-            prefect, published, hosts = await asyncio.wait_for(
+            prefect, published, hosts, reports = await asyncio.wait_for(
                 asyncio.gather(
                     read_prefect(
                         client,
@@ -152,19 +158,23 @@ class BoardSource:
                     ),
                     read_published_readings(client, now),
                     self.host_feed.read(client),
+                    self._reports.read(client, now),
                     return_exceptions=True,
                 ),
                 self._timeout,
             )
         except Exception as exc:  # the timeout, or the client failing to open
             failure = describe_failure(exc)
-            return failure, failure, failure
+            return failure, failure, failure, failure
         return (
             describe_failure(prefect) if isinstance(prefect, BaseException) else prefect,
             describe_failure(published, "gpu-events")
             if isinstance(published, BaseException)
             else published,
             describe_failure(hosts, "host-events") if isinstance(hosts, BaseException) else hosts,
+            describe_failure(reports, "run-reports")
+            if isinstance(reports, BaseException)
+            else reports,
         )
 
     async def _drop_client(self) -> None:
@@ -202,6 +212,10 @@ class BoardSource:
             for gpu in reading.gpus:
                 self._peaks.observe(gpu)
         workers = _join_hosts(prefect.workers, self._host_states, now)
+        workers = tuple(
+            dataclasses.replace(w, executor=self._run_reports.executors.get(w.name))
+            for w in workers
+        )
         workers = _join_gpus(workers, readings, self._peaks)
         running = _host_steps(prefect.running, workers)
         return Snapshot(
@@ -215,6 +229,7 @@ class BoardSource:
             next_queued=prefect.next_queued,
             failures=prefect.finished.failures,
             gpu_readings=tuple(readings),
+            time_splits=self._run_reports.time_splits,
             errors=tuple(errors),
             cost=RefreshCost(calls, api_ms),
         )

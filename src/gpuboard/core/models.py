@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gpuboard.core.host.state import HostState
+from gpuboard.core.run_timings import TimeSplit
+from gpuboard.core.warm.state import ExecutorState
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class WorkerView:
     # `waiting` and `inferring` are the host's live queue and slot holders (else counted
     # from task-run states, which cannot tell waiting from holding).
     counts_from_host: bool = False
+    executor: ExecutorState | None = None  # its warm runners; None: a process per run
 
     @property
     def unprotected(self) -> bool:
@@ -236,6 +239,8 @@ class Snapshot:
     next_queued: tuple[RunView, ...] = ()
     failures: tuple[RunView, ...] = ()
     gpu_readings: tuple[GpuReading, ...] = ()
+    # Where recent runs' time went, per worker (medians of the runs' own reports).
+    time_splits: tuple[TimeSplit, ...] = ()
     errors: tuple[SourceError, ...] = ()
     cost: RefreshCost = field(default_factory=RefreshCost)
 

@@ -72,6 +72,15 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "next_queued": [_run_json(r, now) for r in snapshot.next_queued],
         "failures": [_run_json(r, now) for r in snapshot.failures],
         "machines": [reading_to_json(r, now) for r in snapshot.gpu_readings],
+        "time_splits": [
+            {
+                "worker": split.worker,
+                "executor": split.executor,
+                "runs": split.runs,
+                "medians_s": split.medians,
+            }
+            for split in snapshot.time_splits
+        ],
         "cost": {"api_calls": snapshot.cost.api_calls, "api_ms": round(snapshot.cost.api_ms, 1)},
     }
 
@@ -97,6 +106,7 @@ def _worker_json(worker: WorkerView, now: float) -> dict[str, Any]:
         "counts_capped": worker.counts_capped,
         "counts_from_host": worker.counts_from_host,
         "inference_host": None if worker.host is None else _host_json(worker.host, now),
+        "executor": None if worker.executor is None else worker.executor.to_payload(),
         "gpus": [_gpu_json(g) for g in worker.gpus],
         "advice": None
         if advice is None
@@ -195,6 +205,16 @@ def snapshot_to_text(snapshot: Snapshot) -> str:
             f"pending {runs.pending}) · running {runs.running} · last hour: completed "
             f"{runs.completed}, failed {runs.failed} ({runs.crashed} crashed)"
         )
+    if snapshot.time_splits:
+        lines.append("")
+        lines.append("where the time goes (median s, runs of the last 10 min):")
+        for split in snapshot.time_splits:
+            phases = " · ".join(
+                f"{key.removesuffix('_s').replace('_', ' ')} "
+                + ("—" if value is None else f"{value:.2f}")
+                for key, value in split.medians.items()
+            )
+            lines.append(f"  {split.worker} ({split.executor}, {split.runs} runs): {phases}")
     if snapshot.gpu_readings:
         lines.append("")
         lines.append("gpus:")
@@ -241,4 +261,11 @@ def _worker_line(w: WorkerView, now: float) -> str:
         from gpuboard.core.text_format import describe_host
 
         line += f"\n    inference host: {describe_host(w.host, now)}"
+    if w.executor is not None:
+        runners = w.executor
+        line += (
+            f"\n    warm runners: {runners.busy} busy, {runners.idle} idle, "
+            f"{runners.starting} starting of {runners.size} · {runners.runs} runs, "
+            f"{runners.recycled} recycled, {runners.replaced} replaced"
+        )
     return line

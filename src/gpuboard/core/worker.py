@@ -78,6 +78,10 @@ class WorkerOptions:
     single_interpreter: bool = True
     # "warm": flow runs in warm runner processes (core/warm/); "process": a process each.
     executor: str = "warm"
+    # A warm runner retires (and a fresh one replaces it) after this many runs, or once
+    # its resident memory passes this many MB.
+    runner_max_runs: int = 200
+    runner_max_rss_mb: float = 1024.0
 
     @property
     def host_socket(self) -> Path:
@@ -146,6 +150,8 @@ def worker_command(options: WorkerOptions) -> list[str]:
     (by default the variant that starts each flow run as one interpreter)."""
     if options.executor == "warm":
         start = [sys.executable, "-m", "gpuboard.prefect_worker", "--executor", "warm"]
+        start += ["--runner-max-runs", str(options.runner_max_runs)]
+        start += ["--runner-max-rss-mb", str(options.runner_max_rss_mb)]
     elif options.single_interpreter:
         start = [sys.executable, "-m", "gpuboard.prefect_worker", "--executor", "process"]
     else:

@@ -103,3 +103,23 @@ async def follow_events(
             yield ReceivedEvent(
                 resource_id=event.resource.id, occurred=event.occurred, payload=dict(event.payload)
             )
+
+
+async def read_recent(
+    client: PrefectClient, name: str, since: datetime, limit: int = PAGE_SIZE
+) -> list[ReceivedEvent]:
+    """The newest `limit` events called `name` since `since`, newest first (one request)."""
+    page = await client.read_events(
+        filter=EventFilter(
+            occurred=EventOccurredFilter(since=cast(DateTime, since)),
+            event=EventNameFilter(name=[name]),
+            order=EventOrder.DESC,
+        ),
+        limit=limit,
+    )
+    return [
+        ReceivedEvent(
+            resource_id=event.resource.id, occurred=event.occurred, payload=dict(event.payload)
+        )
+        for event in page.events
+    ]

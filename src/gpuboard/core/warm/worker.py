@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -38,9 +40,12 @@ from prefect.states import Cancelled
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 from prefect.workers.process import ProcessJobConfiguration, ProcessVariables
 
+from gpuboard.core.prefect.events import emit_event
 from gpuboard.core.prefect.run_health import reschedule_pending
 from gpuboard.core.warm.pool import PoolState, RunnerPool
 from gpuboard.core.warm.runner import RunnerLimits
+from gpuboard.core.warm.state import EVENT_NAME as EXECUTOR_EVENT
+from gpuboard.core.warm.state import RESOURCE_PREFIX, ExecutorState
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
 
 WORKER_TYPE = "gpuboard-warm"
 CANCEL_POLL_S = 1.0  # how often Running runs of this worker are checked for a cancel
+STATE_EVERY_S = 10.0  # the runners' state is published this often when nothing changes
 # Modules a runner imports before it is ready: what the first run of process-image would.
 DEFAULT_PRELOAD = ("gpuboard.core.ocr_step", "gpuboard.core.images", "gpuboard.core.results")
 
@@ -80,18 +86,24 @@ class WarmWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorke
         self.limits = limits or RunnerLimits()
         self.pool: RunnerPool | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._polling: asyncio.Future[None] | None = None
+        self._changed = asyncio.Event()
 
     # -- life ---------------------------------------------------------------------------
 
     async def setup(self) -> None:
         await super().setup()
-        self.pool = RunnerPool(self.runners, self._runner_command)
+        self._changed = asyncio.Event()
+        self.pool = RunnerPool(self.runners, self._runner_command, on_change=self._changed.set)
         await self.pool.start()
         self._watcher = asyncio.create_task(self._watch_cancels(), name="warm-cancels")
+        self._publisher = asyncio.create_task(self._publish_state(), name="warm-state")
 
     async def teardown(self, *exc_info: Any) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._publisher):
+            if task is not None:
+                task.cancel()
         try:
             await super().teardown(*exc_info)  # the runs in flight end first
         finally:
@@ -141,7 +153,21 @@ class WarmWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorke
                         )
                     )
             raise
+        self._poll_soon()
         return WarmWorkerResult(identifier=str(pid), status_code=code)
+
+    def _poll_soon(self) -> None:
+        """A runner is free: look for the next run now rather than at the next poll (every
+        PREFECT_WORKER_QUERY_SECONDS): a warm run takes about a second, so waiting for the
+        poll would leave runners idle half the time. One look at a time."""
+        if self._polling is not None and not self._polling.done():
+            return
+
+        async def poll() -> None:
+            with contextlib.suppress(Exception):
+                await self.get_and_submit_flow_runs()
+
+        self._polling = asyncio.ensure_future(poll())
 
     async def kill_infrastructure(
         self,
@@ -157,6 +183,42 @@ class WarmWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorke
 
     def pool_state(self) -> PoolState | None:
         return self.pool.state() if self.pool is not None else None
+
+    async def _publish_state(self) -> None:
+        """The runners' state as `gpuboard.executor.state`: on change (at most once a
+        second) and every STATE_EVERY_S, for the board."""
+        while True:
+            state = self.pool_state()
+            if state is not None:
+                executor = ExecutorState(
+                    worker=self.name,
+                    executor="warm",
+                    updated_at=time.time(),
+                    size=state.size,
+                    busy=state.busy,
+                    idle=state.idle,
+                    starting=state.starting,
+                    runs=state.runs,
+                    recycled=state.recycled,
+                    replaced=state.replaced,
+                )
+                try:
+                    await emit_event(
+                        self.client,
+                        EXECUTOR_EVENT,
+                        resource={
+                            "prefect.resource.id": f"{RESOURCE_PREFIX}{self.name}",
+                            "prefect.resource.name": self.name,
+                        },
+                        payload=executor.to_payload(),
+                        occurred=datetime.now(timezone.utc),
+                    )
+                except Exception as exc:
+                    self._logger.debug("could not publish the runners' state: %s", exc)
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), STATE_EVERY_S)
+            await asyncio.sleep(1.0)
 
     async def _watch_cancels(self) -> None:
         """Cancel Running runs of this worker whose state turned Cancelling: kill their

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from gpuboard.core.models import RunCounts, RunView, Snapshot
+from gpuboard.core.models import RunCounts, RunView, Snapshot, WorkerView
+from gpuboard.core.run_timings import TimeSplit
 from gpuboard.core.text_format import human_age
 
 STEP_STYLES = {
@@ -38,7 +39,9 @@ class RunsPanel(Widget):
         snapshot, now = self._data
         assert snapshot.runs is not None
         out = [counts_line(snapshot.runs, width)]
+        splits = [time_line(split, snapshot.worker(split.worker)) for split in snapshot.time_splits]
         sections = [
+            ("Where the time goes (median, last 10 min)", splits),
             (f"Running ({snapshot.runs.running})", [_running(r, now) for r in snapshot.running]),
             (
                 f"Failed, last hour ({snapshot.runs.failed})",
@@ -105,6 +108,30 @@ def share_lines(height: int, wanted: list[int]) -> list[int]:
                 remaining -= need
                 progress = True
     return lines
+
+
+# The phases of a run as the time line shows them: (label, key, style).
+_PHASES = (
+    ("queue", "queued_s", ""),
+    ("start", "startup_s", "magenta"),
+    ("dl", "download_s", "cyan"),
+    ("wait", "slot_wait_s", "yellow"),
+    ("infer", "inference_s", "green"),
+    ("save", "save_s", "blue"),
+)
+
+
+def time_line(split: TimeSplit, worker: WorkerView | None) -> Text:
+    """' gpu-1 warm 2/3 busy · queue 0.3 start 0.1 dl 0.1 wait 0.0 infer 0.2 save 0.0 (n 20)'."""
+    executor = worker.executor if worker is not None else None
+    runners = f"warm {executor.busy}/{executor.size}" if executor is not None else split.executor
+    line = Text.assemble(f" {split.worker:<8.8} ", (f"{runners:<9}", "bold"))
+    for label, key, style in _PHASES:
+        value = split.medians.get(key)
+        line.append(f" {label} ")
+        line.append("—" if value is None else f"{value:.2f}", style=style)
+    line.append(f" (n {split.runs})", style="dim")
+    return line
 
 
 def _label(run: RunView) -> str:
