@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow runs at once per worker (default: GPU slots + 1 per 2 cores of each worker)",
     )
     up.add_argument(
+        "--executor",
+        choices=("warm", "process"),
+        default="warm",
+        help="how the workers run flow runs: in warm runner processes (default) or a fresh "
+        "process each, as Prefect's process worker",
+    )
+    up.add_argument(
         "--headless",
         action="store_true",
         help="print a status line every --refresh seconds instead of the dashboard",
@@ -500,6 +507,7 @@ def _up(args: argparse.Namespace) -> int:
         runs=args.runs or default_runs_per_worker(args.gpu_slots, args.workers),
         pool=args.pool,
         api_url=_api_url(args),
+        executor=args.executor,
     )
     refresh: float = args.refresh
     read_only: bool = args.read_only

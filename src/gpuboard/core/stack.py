@@ -52,6 +52,7 @@ class StackOptions:
     runs: int = 10
     pool: str = DEFAULT_POOL
     api_url: str = EMBEDDED_API_URL
+    executor: str = "warm"  # how its workers run flow runs: "warm" runners or a "process" each
 
     @property
     def worker_ids(self) -> list[str]:
@@ -236,6 +237,8 @@ class Stack:
             str(gpu_index),
             "--inference-threads",
             str(inference_threads_per_worker(options.workers)),
+            "--executor",
+            options.executor,
         ]
         env = {**os.environ, "PREFECT_API_URL": options.api_url, PROJECT_DIR_ENV: str(project_dir)}
         with log_path.open("ab") as log_file:
