@@ -27,6 +27,8 @@ from gpuboard.core.models import (
     Step,
     WorkerView,
 )
+from gpuboard.core.run_timings import TimeSplit
+from gpuboard.core.warm.state import ExecutorState
 from gpuboard.tui.app import GpuBoardApp
 from gpuboard.tui.widgets.gpu_panel import memory_key
 from gpuboard.tui.widgets.workers_table import slots_key
@@ -136,6 +138,7 @@ def fleet_snapshot(**changes: Any) -> Snapshot:
                 advice=advice,
                 host=host_1,
                 counts_from_host=True,
+                executor=ExecutorState("gpu-1", "warm", NOW - 2, 6, 5, 1, 0, 118, 0, 0),
             ),
             WorkerView(
                 "gpu-2",
@@ -186,6 +189,21 @@ def fleet_snapshot(**changes: Any) -> Snapshot:
                 local=True,
             ),
             GpuReading("gpu-node-1", NOW - 2, (gpu,), workers=("gpu-1",)),
+        ),
+        time_splits=(
+            TimeSplit(
+                "gpu-1",
+                40,
+                "warm",
+                {
+                    "queued_s": 0.41,
+                    "startup_s": 0.12,
+                    "download_s": 0.08,
+                    "slot_wait_s": 0.35,
+                    "inference_s": 0.21,
+                    "save_s": 0.03,
+                },
+            ),
         ),
         cost=RefreshCost(13, 42.0),
     )

@@ -80,7 +80,8 @@ async def test_the_board_says_where_each_workers_time_goes(prefect_server: Local
         assert view is not None and view.executor is not None and view.executor.busy == 2
         text = "\n".join(str(line) for line in app.query_one(RunsPanel).lines(70, 30))
         assert "Where the time goes" in text
-        assert f"{worker[:8]} warm 2/3" in text and "wait 1.50" in text and "infer 0.30" in text
+        assert f"{worker} · warm runners 2/3 busy · 3 runs" in text
+        assert "wait 1.50" in text and "infer 0.30" in text
 
 
 async def test_status_json_carries_executor_and_time_splits(prefect_server: LocalServer) -> None:
@@ -88,7 +89,8 @@ async def test_status_json_carries_executor_and_time_splits(prefect_server: Loca
     deadline = time.monotonic() + 30
     while True:  # a one-shot read sees events once the server's persister wrote them
         document = snapshot_to_json(await read_snapshot(pool, prefect_server.api_url))
-        if document["time_splits"] or time.monotonic() > deadline:
+        ours = [s for s in document["time_splits"] if s["worker"] == worker]
+        if ours or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     (split,) = [s for s in document["time_splits"] if s["worker"] == worker]

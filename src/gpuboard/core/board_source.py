@@ -229,7 +229,12 @@ class BoardSource:
             next_queued=prefect.next_queued,
             failures=prefect.finished.failures,
             gpu_readings=tuple(readings),
-            time_splits=self._run_reports.time_splits,
+            # Only this pool's workers: the reports of the whole server are read at once.
+            time_splits=tuple(
+                split
+                for split in self._run_reports.time_splits
+                if any(w.name == split.worker for w in workers)
+            ),
             errors=tuple(errors),
             cost=RefreshCost(calls, api_ms),
         )

@@ -39,9 +39,13 @@ class RunsPanel(Widget):
         snapshot, now = self._data
         assert snapshot.runs is not None
         out = [counts_line(snapshot.runs, width)]
-        splits = [time_line(split, snapshot.worker(split.worker)) for split in snapshot.time_splits]
+        splits = [
+            line
+            for split in snapshot.time_splits
+            for line in time_lines(split, snapshot.worker(split.worker))
+        ]
         sections = [
-            ("Where the time goes (median, last 10 min)", splits),
+            *([("Where the time goes (median s, last 10 min)", splits)] if splits else []),
             (f"Running ({snapshot.runs.running})", [_running(r, now) for r in snapshot.running]),
             (
                 f"Failed, last hour ({snapshot.runs.failed})",
@@ -121,17 +125,22 @@ _PHASES = (
 )
 
 
-def time_line(split: TimeSplit, worker: WorkerView | None) -> Text:
-    """' gpu-1 warm 2/3 busy · queue 0.3 start 0.1 dl 0.1 wait 0.0 infer 0.2 save 0.0 (n 20)'."""
+def time_lines(split: TimeSplit, worker: WorkerView | None) -> list[Text]:
+    """Two lines per worker: ' gpu-1 · warm runners 2/3 busy · 20 runs', then
+    '   queue 0.31 start 0.28 dl 0.10 wait 0.08 infer 0.19 save 0.05' (median seconds)."""
     executor = worker.executor if worker is not None else None
-    runners = f"warm {executor.busy}/{executor.size}" if executor is not None else split.executor
-    line = Text.assemble(f" {split.worker:<8.8} ", (f"{runners:<9}", "bold"))
+    runners = (
+        f"warm runners {executor.busy}/{executor.size} busy"
+        if executor is not None
+        else f"{split.executor} executor"
+    )
+    head = Text.assemble(f" {split.worker} · ", (runners, "bold"), (f" · {split.runs} runs", "dim"))
+    phases = Text("  ")
     for label, key, style in _PHASES:
         value = split.medians.get(key)
-        line.append(f" {label} ")
-        line.append("—" if value is None else f"{value:.2f}", style=style)
-    line.append(f" (n {split.runs})", style="dim")
-    return line
+        phases.append(f" {label} ")
+        phases.append("—" if value is None else f"{value:.2f}", style=style)
+    return [head, phases]
 
 
 def _label(run: RunView) -> str:
