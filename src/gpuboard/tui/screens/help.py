@@ -45,8 +45,13 @@ one inference needs.
 
 ## Runs
 Counts of the pool's runs: queued now (scheduled and due, late, pending), running, and
-finished in the last hour; then the running runs with their worker, step and elapsed
-time, the latest failures with their message, and the next queued runs.
+finished in the last hour; then, per worker, where its runs' time goes (medians over the
+runs of the last 10 minutes: queue = due until a worker took it, start = taken until the
+flow body ran, dl, wait for the GPU slot, infer, save) with its executor (warm runners
+busy / size, or a process per run); then the running runs with their worker, step and
+elapsed time, the latest failures with their message, and the next queued runs. A long
+`start` says the machine starts runs slowly (warm runners fix that); a long `wait` with
+short `infer` says the slot, not the GPU, is the bottleneck.
 
 ## Holders (`h`)
 Who holds each GPU slot: the flow run, its state, how long it has held the slot, and
