@@ -37,16 +37,24 @@ async def prepare_and_submit(api_url: str, runs: int, out: Path) -> list[str]:
             entrypoint="soak.py:soak",
             path=str(FLOWS),
         )
-        return [
-            str(
-                (
-                    await client.create_flow_run_from_deployment(
-                        deployment, parameters={"index": index, "out": str(out)}
+        ids = []
+        for index in range(runs):
+            # A busy SQLite answers 503 past the client's retries now and then: try again
+            # with the same idempotency key, which never makes a second run.
+            for attempt in range(10):
+                try:
+                    run = await client.create_flow_run_from_deployment(
+                        deployment,
+                        parameters={"index": index, "out": str(out)},
+                        idempotency_key=f"soak-{index}",
                     )
-                ).id
-            )
-            for index in range(runs)
-        ]
+                    break
+                except Exception:
+                    if attempt == 9:
+                        raise
+                    await asyncio.sleep(1 + attempt)
+            ids.append(str(run.id))
+        return ids
 
 
 async def final_states(api_url: str, ids: list[str]) -> Counter[str]:

@@ -80,7 +80,7 @@ async def test_the_board_says_where_each_workers_time_goes(prefect_server: Local
         assert view is not None and view.executor is not None and view.executor.busy == 2
         text = "\n".join(str(line) for line in app.query_one(RunsPanel).lines(70, 30))
         assert "Where the time goes" in text
-        assert f"{worker} · warm runners 2/3 busy · 3 runs" in text
+        assert f"{worker} · warm runners 2 busy, 1 idle · 3 runs" in text
         assert "wait 1.50" in text and "infer 0.30" in text
 
 

@@ -174,11 +174,15 @@ def test_concurrent_requests_are_served_within_the_limit_by_one_model(host: Host
 
 
 def test_the_host_state_says_what_it_serves(host: Host) -> None:
+    served = host.supervisor.state.served
+    assert host.read(90).ocr.text == sample_text(90)
+    # Reported coalesced (every 0.2 s at most): the count arrives just after the answer.
+    wait_for(lambda: host.supervisor.state.served > served, 5, "the served count reported")
     state = host.supervisor.state
     assert state.status == "ready" and state.worker == host.worker
     assert state.provider == "CPUExecutionProvider" and state.device == "cpu"
     assert state.model == "PP-OCRv6_det_small+PP-OCRv6_rec_small"
-    assert state.served >= 8 and state.inference_p50_s is not None
+    assert state.inference_p50_s is not None
     assert state.threads == 2
     assert json.loads(json.dumps(state.extra)) == {}
 
@@ -232,6 +236,7 @@ def test_a_client_killed_while_waiting_leaves_the_line(host: Host) -> None:
             json={"names": [host.gcl], "slots": 1, "mode": "concurrency", "lease_duration": 60},
         )
     lease_id = response.json()["lease_id"]
+    time.sleep(0.5)  # the host's state is reported coalesced: let earlier requests' land
     served = host.supervisor.state.served
     client_process = host.client_process(41)
     wait_for(lambda: host.supervisor.state.queued == 1, 20, "client queued")

@@ -237,6 +237,9 @@ async def test_a_killed_worker_restarted_takes_up_its_queued_runs_again(
     env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_RESULTS_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
     command += ["--api-url", api_url, "--gpu-slots", "1", "--runs", "2"]
+    # A process per run: a warm runner finishes a sample image in about a second, too
+    # soon to be caught Running by this test (warm runners killed: test_warm_executor).
+    command += ["--executor", "process"]
     first = children.start(command, env, tmp_path / "first.log")
     await wait_for_online(api_url, pool, {worker}, timeout=120)
 

@@ -49,13 +49,19 @@ def children() -> Iterator[Children]:
 
 
 async def start_worker(
-    children: Children, api_url: str, tmp_path: Path, executor: str, runs: int = 2
+    children: Children,
+    api_url: str,
+    tmp_path: Path,
+    executor: str,
+    runs: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[str, str]:
     suffix = uuid.uuid4().hex[:6]
     pool, worker = f"{executor}-{suffix}", f"{executor}-{suffix}"
     async with async_client(api_url) as client:
         await ensure_work_pool(client, pool)
     env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_RESULTS_DIR": str(tmp_path)}
+    env.update(extra_env or {})
     command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
     command += ["--api-url", api_url, "--gpu-slots", "1", "--runs", str(runs)]
     command += ["--executor", executor, "--inference-threads", "1"]
@@ -196,3 +202,39 @@ async def start_worker_again(
     command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
     command += ["--api-url", api_url, "--gpu-slots", "1", "--runs", "2", "--executor", "warm"]
     children.start(command, env, tmp_path / f"{worker}-again.log")
+
+
+async def test_the_seeds_own_flow_runs_unchanged_on_a_warm_worker(
+    prefect_server: LocalServer, children: Children, tmp_path: Path
+) -> None:
+    """The seed's pattern: its flow takes `concurrency("gpu:<id>")` itself, in the runner."""
+    api_url = prefect_server.api_url
+    out = tmp_path / "records"
+    out.mkdir()
+    pool, _ = await start_worker(
+        children, api_url, tmp_path, "warm", extra_env={"BENCH_OUT": str(out)}
+    )
+    bench_flows = Path(__file__).resolve().parents[2] / "bench" / "flows"
+    async with async_client(api_url) as client:
+        flow_id = await client.create_flow_from_name("bench-sleep-plain")
+        deployment = await client.create_deployment(
+            flow_id=flow_id,
+            name=f"plain-{uuid.uuid4().hex[:6]}",
+            work_pool_name=pool,
+            entrypoint="sleep_plain.py:sleep_plain",
+            path=str(bench_flows),
+        )
+        runs = [
+            (
+                await client.create_flow_run_from_deployment(
+                    deployment,
+                    parameters={"index": i, "download_s": 0.1, "gpu_s": 0.3, "save_s": 0.1},
+                )
+            ).id
+            for i in range(4)
+        ]
+    states = await wait_for_final_states(api_url, runs, timeout=180)
+    assert set(states.values()) == {StateType.COMPLETED}
+    records = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert sorted(r["index"] for r in records) == [0, 1, 2, 3]
+    assert len({r["pid"] for r in records}) <= 2  # on the worker's two warm runners

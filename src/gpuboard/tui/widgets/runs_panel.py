@@ -126,14 +126,14 @@ _PHASES = (
 
 
 def time_lines(split: TimeSplit, worker: WorkerView | None) -> list[Text]:
-    """Two lines per worker: ' gpu-1 · warm runners 2/3 busy · 20 runs', then
+    """Two lines per worker: ' gpu-1 · warm runners 2 busy, 1 idle · 20 runs', then
     '   queue 0.31 start 0.28 dl 0.10 wait 0.08 infer 0.19 save 0.05' (median seconds)."""
     executor = worker.executor if worker is not None else None
-    runners = (
-        f"warm runners {executor.busy}/{executor.size} busy"
-        if executor is not None
-        else f"{split.executor} executor"
-    )
+    runners = f"{split.executor} executor"
+    if executor is not None:
+        runners = f"warm runners {executor.busy} busy, {executor.idle} idle"
+        if executor.starting:
+            runners += f", {executor.starting} starting"  # after a recycle, a death, a cancel
     head = Text.assemble(f" {split.worker} · ", (runners, "bold"), (f" · {split.runs} runs", "dim"))
     phases = Text("  ")
     for label, key, style in _PHASES:
