@@ -112,6 +112,7 @@ class WarmRunner:
         finally:
             # This run's logs reach the server now, not when the process exits.
             APILogWorker.drain_all(timeout=5, at_exit=False)
+            forget_stopped_services()
             os.environ.pop("PREFECT__FLOW_RUN_ID", None)
             for key, value in saved.items():
                 if value is None:
@@ -136,6 +137,38 @@ class WarmRunner:
         if memory > self.limits.max_rss_mb:
             return f"{memory:.0f} MB resident"
         return None
+
+
+def forget_stopped_services() -> int:
+    """Drop the exit hooks of Prefect's stopped queue services (the log and events
+    workers of runs that ended); return how many were dropped.
+
+    Each run starts its own log and events workers, and each registers its drain in
+    `threading`'s exit hooks (and the global loop's shutdown calls). Stopped, they stay
+    referenced there with their websocket and HTTP clients: 2.7 MB per run, measured
+    over 100 runs of one runner. A process that runs one flow run never noticed.
+    """
+    import threading
+
+    from prefect._internal.concurrency.services import _QueueServiceBase
+    from prefect._internal.concurrency.threads import get_global_loop
+
+    def is_stopped_service(call: Any) -> bool:
+        # threading wraps each hook in functools.partial; Prefect's Call keeps it in .fn
+        function = getattr(call, "func", None) or getattr(call, "fn", None) or call
+        owner = getattr(function, "__self__", None)
+        return isinstance(owner, _QueueServiceBase) and bool(owner._stopped)
+
+    hooks: list[Any] = getattr(threading, "_threading_atexits", [])
+    kept = [hook for hook in hooks if not is_stopped_service(hook)]
+    dropped = len(hooks) - len(kept)
+    hooks[:] = kept
+    loop = get_global_loop()
+    shutdown_calls: list[Any] = getattr(loop, "_on_shutdown", [])
+    kept = [call for call in shutdown_calls if not is_stopped_service(call)]
+    dropped += len(shutdown_calls) - len(kept)
+    shutdown_calls[:] = kept
+    return dropped
 
 
 def _drive(flow: Any, result: object) -> None:
