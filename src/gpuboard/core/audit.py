@@ -16,6 +16,11 @@ def audit_log_path() -> Path:
     return gpuboard_home() / "audit.log"
 
 
+def operator_name() -> str:
+    """Who acts: the login name, as the audit log records it."""
+    return _user()
+
+
 def _user() -> str:
     try:
         return getpass.getuser()

@@ -42,6 +42,7 @@ from gpuboard.core.prefect.poll_client import (
 )
 from gpuboard.core.prefect.snapshot import PrefectRead, read_prefect
 from gpuboard.core.run_reports import RunReports, RunReportsFeed
+from gpuboard.core.why import PoolWaitFacts, explain_runs
 
 # A whole refresh gives up after this long; the next tick tries again.
 READ_TIMEOUT = 8.0
@@ -217,7 +218,17 @@ class BoardSource:
             for w in workers
         )
         workers = _join_gpus(workers, readings, self._peaks)
-        running = _host_steps(prefect.running, workers)
+        running, next_queued = explain_runs(
+            _host_steps(prefect.running, workers),
+            prefect.next_queued,
+            PoolWaitFacts(
+                self.pool,
+                workers,
+                pool_paused=prefect.pause.pool_paused,
+                paused_queues=prefect.pause.paused_queues,
+            ),
+            now=now,
+        )
         return Snapshot(
             pool=self.pool,
             api_url=self.api_url,
@@ -226,8 +237,10 @@ class BoardSource:
             workers=workers,
             runs=prefect.runs,
             running=running,
-            next_queued=prefect.next_queued,
+            next_queued=next_queued,
             failures=prefect.finished.failures,
+            pool_paused=prefect.pause.pool_paused,
+            paused_queues=tuple(sorted(prefect.pause.paused_queues)),
             gpu_readings=tuple(readings),
             # Only this pool's workers: the reports of the whole server are read at once.
             time_splits=tuple(

@@ -39,6 +39,8 @@ GPU_READING_STALE_AFTER = 30.0
 # model, where the flow does it in a task of its own.
 Step = Literal["download", "load", "gpu", "infer", "waiting", "save"]
 ErrorKind = Literal["unreachable", "error", "unavailable"]
+# A drained worker takes no new flow runs: DRAINING while it still has some, then DRAINED.
+DrainState = Literal["DRAINING", "DRAINED"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,16 @@ class WorkerView:
     # from task-run states, which cannot tell waiting from holding).
     counts_from_host: bool = False
     executor: ExecutorState | None = None  # its warm runners; None: a process per run
+    drained: bool = False  # takes no new flow runs (core/drain.py)
+    pending: int = 0  # its flow runs in state Pending, among the queued runs read
+    run_limit: int | None = None  # flow runs at once (`--runs`), where the worker published it
+
+    @property
+    def drain_state(self) -> DrainState | None:
+        """DRAINING while a drained worker still has flow runs, DRAINED once it has none."""
+        if not self.drained:
+            return None
+        return "DRAINING" if self.running or self.pending else "DRAINED"
 
     @property
     def unprotected(self) -> bool:
@@ -208,6 +220,11 @@ class RunView:
     start_time: float | None = None
     end_time: float | None = None
     message: str | None = None  # the state message, for failures
+    work_queue: str | None = None  # the pool's queue it is in
+    step_since: float | None = None  # when its current step (task run) started
+    # Why a queued or slot-waiting run waits, in words (core/why.py), and the reason's code.
+    wait_reason: str | None = None
+    wait_code: str | None = None
 
     def elapsed(self, now: float) -> float | None:
         return None if self.start_time is None else max(0.0, now - self.start_time)
@@ -238,6 +255,8 @@ class Snapshot:
     running: tuple[RunView, ...] = ()
     next_queued: tuple[RunView, ...] = ()
     failures: tuple[RunView, ...] = ()
+    pool_paused: bool = False
+    paused_queues: tuple[str, ...] = ()  # the pool's queues that are paused
     gpu_readings: tuple[GpuReading, ...] = ()
     # Where recent runs' time went, per worker (medians of the runs' own reports).
     time_splits: tuple[TimeSplit, ...] = ()

@@ -51,6 +51,8 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "api_url": snapshot.api_url,
         "taken_at": now,
         "connected": snapshot.connected,
+        "pool_paused": snapshot.pool_paused,
+        "paused_queues": list(snapshot.paused_queues),
         "errors": [
             {"source": e.source, "kind": e.kind, "message": e.message} for e in snapshot.errors
         ],
@@ -97,6 +99,10 @@ def _worker_json(worker: WorkerView, now: float) -> dict[str, Any]:
         "active_slots": worker.active_slots,
         "paused": worker.paused,
         "unprotected": worker.unprotected,
+        "drained": worker.drained,
+        "drain_state": worker.drain_state,
+        "run_limit": worker.run_limit,
+        "pending": worker.pending,
         "running": worker.running,
         "waiting": worker.waiting,
         "downloading": worker.downloading,
@@ -176,6 +182,10 @@ def _run_json(run: RunView, now: float) -> dict[str, Any]:
         "expected_start_time": run.expected_start_time,
         "end_time": run.end_time,
         "message": run.message,
+        "work_queue": run.work_queue,
+        "wait_reason": None
+        if run.wait_reason is None
+        else {"code": run.wait_code, "text": run.wait_reason},
     }
 
 
@@ -197,6 +207,10 @@ def snapshot_to_text(snapshot: Snapshot) -> str:
             lines.append("  (none: no worker has joined the pool)")
         for w in snapshot.workers:
             lines.append("  " + _worker_line(w, snapshot.taken_at))
+    if snapshot.pool_paused:
+        lines.append(f"pool {snapshot.pool} is PAUSED: no worker takes its runs")
+    for queue in snapshot.paused_queues:
+        lines.append(f"queue {queue} is PAUSED")
     runs = snapshot.runs
     if runs is not None:
         lines.append("")
@@ -205,6 +219,12 @@ def snapshot_to_text(snapshot: Snapshot) -> str:
             f"pending {runs.pending}) · running {runs.running} · last hour: completed "
             f"{runs.completed}, failed {runs.failed} ({runs.crashed} crashed)"
         )
+    waiting = [r for r in snapshot.next_queued + snapshot.running if r.wait_reason]
+    if waiting:
+        lines.append("")
+        lines.append("why they wait:")
+        for run in waiting:
+            lines.append(f"  {run.name} ({run.state_name}): {run.wait_reason}")
     if snapshot.time_splits:
         lines.append("")
         lines.append("where the time goes (median s, runs of the last 10 min):")
@@ -245,6 +265,8 @@ def _worker_line(w: WorkerView, now: float) -> str:
         state += f" ({human_age(w.heartbeat_age)} ago)"
     if not w.in_pool:
         state = "not in pool"
+    if w.drain_state is not None:
+        state += f" · {w.drain_state}"
     if w.gcl is None:
         slots = "UNPROTECTED (no GCL)"
     elif not w.gcl.active:

@@ -32,6 +32,7 @@ from gpuboard.core.host.publisher import HostStatePublisher
 from gpuboard.core.host.supervisor import HostConfig, HostSupervisor, default_socket_path
 from gpuboard.core.inference import ModelSettings
 from gpuboard.core.prefect.client import async_client, csrf_protection
+from gpuboard.core.prefect.drain_flags import is_drained
 from gpuboard.core.prefect.gcl import ensure_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, forget_worker, read_pool_workers
 from gpuboard.core.prefect.worker_process import (
@@ -106,6 +107,7 @@ async def prepare_worker(options: WorkerOptions) -> list[str]:
         pool_created = await ensure_work_pool(client, options.pool)
         gcl, gcl_created = await ensure_gcl(client, name, options.gpu_slots)
         orphans = await _reschedule_orphans(client, options)
+        drained = await is_drained(client, options.worker_id)
     notes = [f"work pool {options.pool!r} {'created' if pool_created else 'exists'}"]
     if gcl_created:
         notes.append(f"GCL {name} created with limit {gcl.limit}")
@@ -118,6 +120,11 @@ async def prepare_worker(options: WorkerOptions) -> list[str]:
         notes.append(f"GCL {name} exists with limit {gcl.limit}")
     if not gcl.active:
         notes.append(f"warning: GCL {name} is inactive: its runs will fail until it is active")
+    if drained:
+        notes.append(
+            f"worker {options.worker_id} is drained: it takes no flow runs until "
+            f"`gpuboard undrain {options.worker_id}`"
+        )
     return notes + orphans
 
 
@@ -129,7 +136,7 @@ async def _reschedule_orphans(client: PrefectClient, options: WorkerOptions) -> 
     PENDING_STUCK_AFTER_S)."""
     online = {w.name for w in await read_pool_workers(client, options.pool) if w.online}
     previous = await read_worker_process(client, options.worker_id)
-    await publish_worker_process(client, options.worker_id, this_process())
+    await publish_worker_process(client, options.worker_id, this_process(), run_limit=options.runs)
     seen_dead = previous is not None and is_running(previous) is False
     if options.worker_id in online and not seen_dead:
         return []

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
+from gpuboard.core.prefect.drain_gate import DrainGate
+
 if TYPE_CHECKING:
     from uuid import UUID
 
@@ -57,9 +59,9 @@ class SingleInterpreterJobConfiguration(ProcessJobConfiguration):
         )
 
 
-class SingleInterpreterProcessWorker(ProcessWorker):
+class SingleInterpreterProcessWorker(DrainGate, ProcessWorker):
     """Prefect's process worker (same job template) with one interpreter per flow run. A
-    deployment's own `command` job variable still wins.
+    deployment's own `command` job variable still wins. Honours a drain (drain_gate.py).
 
     A type of its own: a subclass keeping `process` would replace Prefect's process
     worker in Prefect's registry of worker types for the whole process.

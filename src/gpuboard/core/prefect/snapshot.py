@@ -1,16 +1,19 @@
 """Reads the Prefect side of one dashboard refresh with a fixed number of API calls.
 
-Whatever the number of runs in the database, one read is 9 requests: the pool's workers;
-then, concurrently, the `gpu:*` GCLs, four counts of queued and running runs and two capped
-run lists (running, next queued); then one capped task-run list for the running runs'
-current steps (skipped when none runs). What finished in the last hour (three counts and
-the latest failures: 4 more requests, the count of completed runs the costliest one with
-many runs) changes slowly and is read by `read_finished`, which callers run less often.
+Whatever the number of runs in the database, one read is 12 requests: the pool's workers;
+then, concurrently, the `gpu:*` GCLs, four counts of queued and running runs, two capped
+run lists (running, next queued), the pool and its queues (paused or not) and gpuboard's
+worker records (drain flags, flow-run limits); then one capped task-run list for the
+running runs' current steps (skipped when none runs). What finished in the last hour
+(three counts and the latest failures: 4 more requests, the count of completed runs the
+costliest one with many runs) changes slowly and is read by `read_finished`, which
+callers run less often.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -39,7 +42,9 @@ from prefect.types import DateTime
 
 from gpuboard.core.config import gcl_name, worker_of_gcl
 from gpuboard.core.models import GclState, RunCounts, RunView, Step, WorkerView
+from gpuboard.core.prefect.drain_flags import WorkerRecords, read_worker_records
 from gpuboard.core.prefect.gcl import read_gpu_gcls
+from gpuboard.core.prefect.pool_facts import PoolPause, read_pool_pause
 
 WORKER_LABEL = "prefect.worker.name"  # set by a worker on each flow run it executes
 RUNNING_CAP = 200  # running runs read per refresh (the API's page maximum)
@@ -81,6 +86,7 @@ class PrefectRead:
     # (worker, pid) -> (flow run id, flow run name), from the running runs' infrastructure
     # PIDs: maps GPU processes to runs where the worker machine could not tell.
     pid_runs: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
+    pause: PoolPause = field(default_factory=PoolPause)
 
 
 async def read_prefect(
@@ -96,7 +102,7 @@ async def read_prefect(
     # First alone: it says whether the pool exists, and on a fresh client it fetches the
     # CSRF token once instead of once per concurrent request.
     workers = await _read_workers(client, pool)
-    gcls, counts, running, queued, finished = await _gather(
+    gcls, counts, running, queued, finished, pause, records = await _gather(
         read_gpu_gcls(client),
         _read_queue_counts(client, pool_filter, now),
         client.read_flow_runs(
@@ -112,16 +118,21 @@ async def read_prefect(
             limit=LIST_CAP,
         ),
         _known(finished) if finished is not None else read_finished(client, pool, now),
+        read_pool_pause(client, pool),
+        read_worker_records(client),
     )
     tasks = await _read_running_tasks(client, [run.id for run in running])
     steps = _current_steps(tasks)
     views = _worker_views(
         workers, gcls, running, steps, capped=len(running) >= RUNNING_CAP, now=now
     )
+    views = _with_records(views, records, queued)
     by_worker = {view.name: view for view in views}
     running_views = tuple(
         _run_view(
-            run, step=_display_step(steps.get(str(run.id)), by_worker.get(_worker(run) or ""))
+            run,
+            step=_display_step(_step(steps, run), by_worker.get(_worker(run) or "")),
+            step_since=_step_since(steps, run),
         )
         for run in running
     )
@@ -142,6 +153,7 @@ async def read_prefect(
         next_queued=tuple(_run_view(run) for run in queued),
         finished=finished,
         pid_runs=_pid_runs(running),
+        pause=pause,
     )
 
 
@@ -264,8 +276,8 @@ def step_of_task(task_name: str) -> Step | None:
     return next((step for prefix, step in _STEP_OF_TASK if lowered.startswith(prefix)), None)
 
 
-def _current_steps(tasks: Iterable[TaskRun]) -> dict[str, Step]:
-    """flow run id -> the step of its most recently started running task."""
+def _current_steps(tasks: Iterable[TaskRun]) -> dict[str, tuple[float, Step]]:
+    """flow run id -> (start, step) of its most recently started running task."""
     latest: dict[str, tuple[float, Step]] = {}
     for task in tasks:
         step = step_of_task(task.name)
@@ -275,7 +287,36 @@ def _current_steps(tasks: Iterable[TaskRun]) -> dict[str, Step]:
         key = str(task.flow_run_id)
         if key not in latest or started >= latest[key][0]:
             latest[key] = (started, step)
-    return {key: step for key, (_, step) in latest.items()}
+    return latest
+
+
+def _step(steps: dict[str, tuple[float, Step]], run: FlowRun) -> Step | None:
+    found = steps.get(str(run.id))
+    return None if found is None else found[1]
+
+
+def _step_since(steps: dict[str, tuple[float, Step]], run: FlowRun) -> float | None:
+    found = steps.get(str(run.id))
+    return None if found is None or not found[0] else found[0]
+
+
+def _with_records(
+    views: list[WorkerView], records: WorkerRecords, queued: list[FlowRun]
+) -> list[WorkerView]:
+    """Each worker's drain flag and published flow-run limit, and its Pending runs among
+    the queued runs read."""
+    pending = Counter(
+        _worker(run) for run in queued if run.state_type == StateType.PENDING and _worker(run)
+    )
+    return [
+        dataclasses.replace(
+            view,
+            drained=view.name in records.drained_since,
+            run_limit=records.run_limits.get(view.name),
+            pending=pending.get(view.name, 0),
+        )
+        for view in views
+    ]
 
 
 def _worker(run: FlowRun) -> str | None:
@@ -287,7 +328,7 @@ def _worker_views(
     workers: list[Worker],
     gcls: list[GclState],
     running: list[FlowRun],
-    steps: dict[str, Step],
+    steps: dict[str, tuple[float, Step]],
     *,
     capped: bool,
     now: datetime,
@@ -300,7 +341,7 @@ def _worker_views(
             continue
         tally = per_worker.setdefault(name, Counter())
         tally["running"] += 1
-        step = steps.get(str(run.id))
+        step = _step(steps, run)
         if step is not None:
             tally[step] += 1
 
@@ -367,7 +408,12 @@ def _timestamp(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def _run_view(run: FlowRun, step: Step | None = None) -> RunView:
+def run_view(run: FlowRun) -> RunView:
+    """A flow run as the board lists it (without its current step)."""
+    return _run_view(run)
+
+
+def _run_view(run: FlowRun, step: Step | None = None, step_since: float | None = None) -> RunView:
     state = run.state
     image_id = (run.parameters or {}).get("image_id")
     return RunView(
@@ -382,6 +428,8 @@ def _run_view(run: FlowRun, step: Step | None = None) -> RunView:
         start_time=_timestamp(run.start_time),
         end_time=_timestamp(run.end_time),
         message=(state.message or None) if state else None,
+        work_queue=run.work_queue_name,
+        step_since=step_since,
     )
 
 

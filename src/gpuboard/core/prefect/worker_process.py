@@ -26,9 +26,11 @@ def variable_name(worker_id: str) -> str:
 
 
 async def publish_worker_process(
-    client: PrefectClient, worker_id: str, process: ProcessIdentity
+    client: PrefectClient, worker_id: str, process: ProcessIdentity, *, run_limit: int | None = None
 ) -> None:
-    """Record `process` as the one running worker `worker_id` (replacing any record)."""
+    """Record `process` as the one running worker `worker_id` (replacing any record), with
+    its flow-run limit (`--runs`), which the server does not otherwise know: the board
+    says from it whether the worker is full (core/why.py)."""
     await forget_worker_process(client, worker_id)
     await client.create_variable(
         VariableCreate(
@@ -39,6 +41,7 @@ async def publish_worker_process(
                 "pid": process.pid,
                 "pid_namespace": process.pid_namespace,
                 "start_ticks": process.start_ticks,
+                "runs": run_limit,
             },
             tags=[RECORD_TAG],
         )

@@ -40,6 +40,7 @@ from prefect.states import Cancelled
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 from prefect.workers.process import ProcessJobConfiguration, ProcessVariables
 
+from gpuboard.core.prefect.drain_gate import DrainGate
 from gpuboard.core.prefect.events import emit_event
 from gpuboard.core.prefect.run_health import reschedule_pending
 from gpuboard.core.warm.pool import PoolState, RunnerPool
@@ -62,7 +63,9 @@ class WarmWorkerResult(BaseWorkerResult):
     """The end of one flow run on a warm runner (identifier: the runner's pid)."""
 
 
-class WarmWorker(BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorkerResult]):
+class WarmWorker(
+    DrainGate, BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorkerResult]
+):
     type = WORKER_TYPE
     job_configuration = ProcessJobConfiguration
     job_configuration_variables = ProcessVariables
