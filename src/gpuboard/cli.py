@@ -1,5 +1,5 @@
 """The `gpuboard` command: the dashboard, and the subcommands up, worker, submit, cancel,
-limit and status."""
+limit and status (drain, undrain and why: cli_drain.py)."""
 
 from __future__ import annotations
 
@@ -398,6 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pool(status)
     _add_api_url(status)
     status.set_defaults(parser=status)
+
+    from gpuboard.cli_drain import add_drain_commands
+
+    parser.set_defaults(
+        extra_handlers=add_drain_commands(
+            commands,
+            worker_id=_worker_id,
+            add_pool=_add_pool,
+            add_api_url=_add_api_url,
+            add_read_only=_add_read_only,
+        )
+    )
     return parser
 
 
@@ -418,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cancel": _cancel,
         "status": _status,
         "limit": _limit,
+        **getattr(args, "extra_handlers", {}),
     }
     try:
         return handlers[args.command](args)

@@ -91,6 +91,13 @@ class GpuBoardApp(App[int]):
             id="new-limit",
             tooltip="Give the selected worker without a GPU limit one",
         ),
+        Binding(
+            "d",
+            "drain",
+            "Drain",
+            id="drain",
+            tooltip="Drain the selected worker (no new runs, its runs finish), or undrain it",
+        ),
         Binding("b", "batch", "Batch", id="batch", tooltip="Submit a batch of process-image runs"),
         Binding(
             "c",
@@ -125,6 +132,7 @@ class GpuBoardApp(App[int]):
             "batch",
             "cancel_run",
             "cancel_queued",
+            "drain",
         }
     )
 
@@ -552,6 +560,48 @@ class GpuBoardApp(App[int]):
             + (f"; {failed} failed" if failed else ""),
             severity="error" if failed else "information",
         )
+        self.poll()
+
+    def action_drain(self) -> None:
+        worker = self._selected_worker()
+        if worker is not None:
+            self._ask_drain(worker)
+
+    @work(group="drain", exit_on_error=False)
+    async def _ask_drain(self, worker: str) -> None:
+        from gpuboard.core.drain import drain_worker, undrain_worker
+
+        view = self.snapshot.worker(worker) if self.snapshot else None
+        drain = view is None or not view.drained
+        if drain:
+            runs = (view.running + view.pending) if view is not None else 0
+            others = [
+                w.name
+                for w in (self.snapshot.workers if self.snapshot else ())
+                if w.online and w.in_pool and not w.drained and w.name != worker
+            ]
+            question = (
+                f"Drain {worker}? It takes no new flow runs; its {runs} run(s) finish there; "
+                + (
+                    f"queued runs go to {', '.join(others)}."
+                    if others
+                    else f"no other worker of pool {self.pool} takes runs: queued runs wait."
+                )
+            )
+        else:
+            question = f"Undrain {worker}? It takes flow runs again."
+        if not await self.push_screen_wait(ConfirmDialog(question)):
+            return
+        action = drain_worker if drain else undrain_worker
+        try:
+            outcome = await action(
+                worker, pool=self.pool, api_url=self.api_url, read_only=self.read_only
+            )
+        except Exception as exc:
+            verb = "drained" if drain else "undrained"
+            self.notify(f"{worker} not {verb}: {operator_reason(exc)}", severity="error", timeout=8)
+            return
+        self.notify(outcome.message, timeout=8)
         self.poll()
 
     def action_holders(self) -> None:

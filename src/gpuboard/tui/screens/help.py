@@ -13,7 +13,9 @@ from textual.widgets import Markdown
 MEANINGS = """\
 ## Workers
 - **Status** — `●` online, with the age of its last heartbeat; `○` (red) when it missed
-  three heartbeats; `gone` for a `gpu:*` GCL whose worker is not in the pool.
+  three heartbeats; `gone` for a `gpu:*` GCL whose worker is not in the pool;
+  **DRAINING** for a drained worker (`d`) that still has flow runs, **DRAINED** once it
+  has none: it takes no new runs (the pool's other workers take them) until `d` again.
 - **GPU slots** — slots in use / limit of the worker's GCL `gpu:<worker>`.
   **PAUSED** is limit 0: GPU steps wait, none fail; `(n)` slots are still held by
   inferences that started before the pause. **UNPROTECTED**: the worker has no GCL, or
@@ -49,7 +51,9 @@ finished in the last hour; then, per worker, where its runs' time goes (medians 
 runs of the last 10 minutes: queue = due until a worker took it, start = taken until the
 flow body ran, dl, wait for the GPU slot, infer, save) with its executor (warm runners
 busy / size, or a process per run); then the running runs with their worker, step and
-elapsed time, the latest failures with their message, and the next queued runs. A long
+elapsed time, the latest failures with their message, and the next queued runs, each
+with why it waits (pool or queue paused, no worker online, workers draining or at their
+flow-run limit, runs ahead of it; `gpuboard why RUN` says the same). A long
 `start` says the machine starts runs slowly (warm runners fix that); a long `wait` with
 short `infer` says the slot, not the GPU, is the bottleneck.
 

@@ -172,4 +172,7 @@ def _failed(run: RunView, now: float) -> Text:
 def _queued(run: RunView, now: float) -> Text:
     since = human_age(now - run.expected_start_time) if run.expected_start_time else "?"
     style = "yellow" if run.state_name == "Late" else ""
-    return Text.assemble((f" {run.state_name:<10}", style), f" due {since:>7} ago  ", _label(run))
+    row = Text.assemble((f" {run.state_name:<10}", style), f" due {since:>7} ago  ", _label(run))
+    if run.wait_reason:
+        row.append(f" · {run.wait_reason}", style="dim")  # why it waits (core/why.py)
+    return row

@@ -129,6 +129,10 @@ def _name(w: WorkerView) -> Text:
 def _status(w: WorkerView, late: float) -> Text:
     if not w.in_pool:
         return Text("gone", style="dim")
+    if w.drain_state is not None:
+        # Taking no new runs (key d): the state says more than the heartbeat's age; red
+        # when the worker is offline too.
+        return Text(w.drain_state, style="bold magenta" if w.online else "bold red")
     age = human_age(w.heartbeat_age + late) if w.heartbeat_age is not None else "?"
     if w.online:
         return Text.assemble(("● ", "green"), age)
