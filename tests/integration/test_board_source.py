@@ -53,10 +53,11 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
     assert few.runs is not None and many.runs is not None
     assert (few.runs.running, many.runs.running) == (1, 11)
     assert many.runs.completed == 30
-    # Workers, GCLs, 4 counts, 2 run lists, the running runs' tasks, the GPU readings, the
+    # Workers, GCLs, 4 counts, 2 run lists, the pool, its queues, the worker records (drain
+    # flags, flow-run limits), the running runs' tasks, the GPU readings, the
     # host states; then the slow part: the last hour's 3 counts and latest failures, the
     # executors' states and the runs' timings.
-    assert few.cost.api_calls == many.cost.api_calls == 11 + 6
+    assert few.cost.api_calls == many.cost.api_calls == 14 + 6
     view = many.worker(worker)
     assert view is not None and (view.inferring, view.waiting, view.downloading) == (0, 10, 1)
 
@@ -70,7 +71,7 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
         await asyncio.sleep(0.05)
     first, second = await usual.read(), await usual.read()
     await usual.aclose()
-    assert (first.cost.api_calls, second.cost.api_calls) == (10, 10)
+    assert (first.cost.api_calls, second.cost.api_calls) == (13, 13)
     assert second.runs is not None and second.runs.completed == 30  # shown again, not lost
 
 

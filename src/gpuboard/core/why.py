@@ -36,6 +36,7 @@ WAIT_CODES = (
     "slot_busy",  # in the GPU step, every slot in use: N runs ahead of it
 )
 SLOT_STEPS = ("gpu", "infer", "waiting")
+HOLDS_SLOT = -1  # slot_queue_ahead's answer for a run that holds its slot
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,13 @@ def queued_reason(
 def slot_reason(run: RunView, worker: WorkerView | None, *, ahead: int) -> WaitReason | None:
     """Why a Running run in its GPU step waits for a slot; None when it is not waiting.
 
-    `ahead`: runs of its worker waiting for the slot since before it.
+    `ahead`: runs of its worker waiting for the slot since before it (HOLDS_SLOT: it
+    holds one).
     """
     if run.state_type != "RUNNING" or worker is None or worker.gcl is None:
         return None
     waiting = run.step == "waiting" or (run.step == "gpu" and worker.waiting > 0)
-    if not waiting:
+    if not waiting or ahead == HOLDS_SLOT:
         return None
     gcl = worker.gcl
     if gcl.paused:
@@ -154,7 +156,8 @@ def explain_runs(
 
 
 def slot_queue_ahead(running: Sequence[RunView], workers: Sequence[WorkerView]) -> dict[str, int]:
-    """run id -> runs of its worker waiting for the GPU slot since before it.
+    """run id -> runs of its worker waiting for the GPU slot since before it, or
+    HOLDS_SLOT for a run presumed to hold one.
 
     Where the worker's inference host says which runs hold a slot (step `infer`) and
     which wait, the waiting ones that entered the step earlier; otherwise the runs that
@@ -177,8 +180,10 @@ def slot_queue_ahead(running: Sequence[RunView], workers: Sequence[WorkerView]) 
         ]
         if worker.counts_from_host:
             ahead[run.id] = sum(other.step == "waiting" for other in earlier)
+        elif len(earlier) < (worker.active_slots or 0):
+            ahead[run.id] = HOLDS_SLOT  # among the earliest: presumed to hold a slot
         else:
-            ahead[run.id] = max(0, len(earlier) - (worker.active_slots or 0))
+            ahead[run.id] = len(earlier) - (worker.active_slots or 0)
     return ahead
 
 
@@ -220,6 +225,7 @@ def _with(run: RunView, reason: WaitReason | None) -> RunView:
 
 
 __all__ = [
+    "HOLDS_SLOT",
     "SLOT_STEPS",
     "WAIT_CODES",
     "PoolWaitFacts",
