@@ -176,6 +176,7 @@ def _run_json(run: RunView, now: float) -> dict[str, Any]:
         "expected_start_time": run.expected_start_time,
         "end_time": run.end_time,
         "message": run.message,
+        "batch": run.batch,
     }
 
 

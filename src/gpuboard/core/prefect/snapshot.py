@@ -37,6 +37,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.types import DateTime
 
+from gpuboard.core.batch import BATCH_TAG_PREFIX
 from gpuboard.core.config import gcl_name, worker_of_gcl
 from gpuboard.core.models import GclState, RunCounts, RunView, Step, WorkerView
 from gpuboard.core.prefect.gcl import read_gpu_gcls
@@ -120,9 +121,7 @@ async def read_prefect(
     )
     by_worker = {view.name: view for view in views}
     running_views = tuple(
-        _run_view(
-            run, step=_display_step(steps.get(str(run.id)), by_worker.get(_worker(run) or ""))
-        )
+        run_view(run, step=_display_step(steps.get(str(run.id)), by_worker.get(_worker(run) or "")))
         for run in running
     )
     scheduled, late, pending, running_count = counts
@@ -139,7 +138,7 @@ async def read_prefect(
             window_seconds=int(FINISHED_WINDOW.total_seconds()),
         ),
         running=running_views,
-        next_queued=tuple(_run_view(run) for run in queued),
+        next_queued=tuple(run_view(run) for run in queued),
         finished=finished,
         pid_runs=_pid_runs(running),
     )
@@ -169,7 +168,7 @@ async def read_finished(client: PrefectClient, pool: str, now: datetime) -> Fini
             limit=LIST_CAP,
         ),
     )
-    return FinishedRuns(completed, failed, crashed, tuple(_run_view(run) for run in failures))
+    return FinishedRuns(completed, failed, crashed, tuple(run_view(run) for run in failures))
 
 
 async def _known(finished: FinishedRuns) -> FinishedRuns:
@@ -367,7 +366,8 @@ def _timestamp(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def _run_view(run: FlowRun, step: Step | None = None) -> RunView:
+def run_view(run: FlowRun, step: Step | None = None) -> RunView:
+    """The board's view of one flow run (its step where the caller knows it)."""
     state = run.state
     image_id = (run.parameters or {}).get("image_id")
     return RunView(
@@ -382,6 +382,15 @@ def _run_view(run: FlowRun, step: Step | None = None) -> RunView:
         start_time=_timestamp(run.start_time),
         end_time=_timestamp(run.end_time),
         message=(state.message or None) if state else None,
+        batch=batch_of(run.tags or ()),
+    )
+
+
+def batch_of(tags: Iterable[str]) -> str | None:
+    """The batch token of a run's `batch:<token>` tag (core/batch.py), or None."""
+    return next(
+        (tag.removeprefix(BATCH_TAG_PREFIX) for tag in tags if tag.startswith(BATCH_TAG_PREFIX)),
+        None,
     )
 
 
