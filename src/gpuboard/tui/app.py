@@ -25,6 +25,7 @@ from gpuboard.core.host.state import HostState
 from gpuboard.core.idle import IDLE_AFTER_READS, IDLE_READ_EVERY_S, fingerprint
 from gpuboard.core.models import RunView, Snapshot, SourceError
 from gpuboard.core.run_filter import RunFilter, RunFilterError, parse_run_filter
+from gpuboard.core.run_timings import RunTimings
 from gpuboard.tui.errors import operator_reason
 from gpuboard.tui.history import History
 from gpuboard.tui.messages import SnapshotReady
@@ -648,6 +649,24 @@ class GpuBoardApp(App[int]):
             set_source_filter(run_filter if run_filter.active else None)
         self.wake()
         self.poll()
+
+    def action_timeline(self) -> None:
+        from gpuboard.tui.screens.timeline import TimelineScreen
+
+        self.push_screen(TimelineScreen(self._read_run_timings, self._timeline_context))
+
+    async def _read_run_timings(self, since: float) -> list[RunTimings]:
+        from gpuboard.core.prefect.client import async_client
+        from gpuboard.core.timeline import read_run_timings
+
+        async with async_client(self.api_url) as client:
+            return await read_run_timings(client, since)
+
+    def _timeline_context(self) -> tuple[dict[str, HostState], dict[str, int | None]]:
+        """The hosts' live states and the pool's workers' limits, from the latest snapshot."""
+        workers = self.snapshot.workers if self.snapshot else ()
+        limits = {w.name: (None if w.unprotected else w.limit) for w in workers if w.in_pool}
+        return self._host_states(), limits
 
     def action_holders(self) -> None:
         from gpuboard.core.config import gcl_name
