@@ -106,7 +106,7 @@ class GpuBoardApp(App[int]):
             "cancel_run",
             "Cancel",
             id="cancel-run",
-            tooltip="Pick one of the queued runs shown and cancel it",
+            tooltip="Cancel the queued run selected in the runs panel, else pick one shown",
         ),
         Binding(
             "h",

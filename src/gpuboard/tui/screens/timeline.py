@@ -129,11 +129,11 @@ def timeline_lines(
     out = [
         Text.assemble(
             ("Timeline", "bold"),
-            f" · last {window_min} min · ",
+            f" {window_min} min · ",
             ("█", BAR_STYLES[0]),
-            " inference  ",
+            " inference · ",
             ("1-9", "yellow"),
-            " runs waiting  ",
+            " runs waiting · ",
             IDLE_WITH_WAITERS,
             " idle slot, runs waiting",
         ),
@@ -159,7 +159,8 @@ def timeline_lines(
 
 
 def _heading(timeline: WorkerTimeline, start: float, end: float) -> Text:
-    slots = "no GPU limit" if timeline.slots is None else f"{timeline.slots} slots"
+    slots = "no GPU limit" if timeline.slots is None else f"{timeline.slots} slot"
+    slots += "s" if timeline.slots not in (None, 1) else ""
     if timeline.slots == 0:
         slots = "PAUSED"
     busy = timeline.busy_fraction(start, end)
