@@ -71,7 +71,9 @@ def save_results(image_id: int, worker: str, step: StepResult) -> str:
     return str(save_result(image_id, worker, step.ocr, step.timings, execution=execution))
 
 
-def report_timings(worker: str, step: StepResult, save_s: float, body_started: float) -> None:
+def report_timings(
+    worker: str, step: StepResult, save_s: float, body_started: float, image_id: int
+) -> None:
     """Publish where this image's time went (gpuboard.run.timings), for the board. A report:
     it never fails the run."""
     try:
@@ -90,6 +92,9 @@ def report_timings(worker: str, step: StepResult, save_s: float, body_started: f
                 slot_wait_s=step.timings.slot_wait_s,
                 inference_s=step.timings.inference_s,
                 save_s=save_s,
+                inference_started_at=step.timings.inference_started_at,
+                inference_ended_at=step.timings.inference_ended_at,
+                image_id=str(image_id),
             )
         )
     except Exception as exc:
@@ -107,7 +112,7 @@ def process_image(image_id: int, source: str = "sample") -> str:
     step = run_ml_model(image, worker)
     saving = time.perf_counter()
     path = save_results(image_id, worker, step)
-    report_timings(worker, step, time.perf_counter() - saving, body_started)
+    report_timings(worker, step, time.perf_counter() - saving, body_started, image_id)
     timings = step.timings
     get_run_logger().info(
         "image %s: %r on %s via %s (model load %.2fs, slot wait %.2fs, inference %.2fs)",

@@ -34,6 +34,7 @@ from gpuboard.core.models import (
     WorkerView,
 )
 from gpuboard.core.nvml_source import NvmlSource
+from gpuboard.core.prefect.matching_runs import read_matching_runs
 from gpuboard.core.prefect.poll_client import (
     NoRetries,
     RequestCounter,
@@ -41,6 +42,7 @@ from gpuboard.core.prefect.poll_client import (
     poll_client,
 )
 from gpuboard.core.prefect.snapshot import PrefectRead, read_prefect
+from gpuboard.core.run_filter import RunFilter
 from gpuboard.core.run_reports import RunReports, RunReportsFeed
 from gpuboard.core.why import PoolWaitFacts, explain_runs
 
@@ -91,6 +93,14 @@ class BoardSource:
         self._host_states: dict[str, HostState] = {}
         self._peaks = PeakTracker()
         self._no_retries = NoRetries()
+        # Set by the board while its runs panel filters: each read then reads the matches.
+        self.run_filter: RunFilter | None = None
+        self._matching: tuple[RunView, ...] | None = None
+
+    def set_run_filter(self, run_filter: RunFilter | None) -> None:
+        """Read the runs `run_filter` matches at every read from now on (None: stop)."""
+        self.run_filter = run_filter if run_filter is not None and run_filter.active else None
+        self._matching = None
 
     async def read(self) -> Snapshot:
         now = self._clock()
@@ -100,6 +110,7 @@ class BoardSource:
         started = time.perf_counter()
         with self._no_retries():
             prefect, published, hosts, reports = await self._read_prefect(now)
+            matching = await self._read_matching()
         api_ms = (time.perf_counter() - started) * 1000
         if isinstance(prefect, SourceError):
             errors.append(prefect)
@@ -123,6 +134,11 @@ class BoardSource:
             self._host_states = hosts
         if not isinstance(reports, SourceError):
             self._run_reports = reports
+        if isinstance(matching, SourceError):
+            if not isinstance(prefect, SourceError):
+                errors.append(matching)
+        else:
+            self._matching = matching
         readings = merge_readings(local, self._published)
         return self._assemble(
             now, readings, errors, self._counter.requests - requests_before, api_ms
@@ -177,6 +193,20 @@ class BoardSource:
             if isinstance(reports, BaseException)
             else reports,
         )
+
+    async def _read_matching(self) -> tuple[RunView, ...] | SourceError | None:
+        """The filter's matches (one request), after the refresh's own reads."""
+        run_filter = self.run_filter
+        if run_filter is None or self._client is None:
+            return None
+        try:
+            matching = await asyncio.wait_for(
+                read_matching_runs(self._client, self.pool, run_filter), self._timeout
+            )
+        except Exception as exc:
+            return describe_failure(exc, "runs-filter")
+        # A filter changed while this read ran must not get the old filter's matches.
+        return matching if run_filter == self.run_filter else None
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -241,6 +271,7 @@ class BoardSource:
             failures=prefect.finished.failures,
             pool_paused=prefect.pause.pool_paused,
             paused_queues=tuple(sorted(prefect.pause.paused_queues)),
+            matching=self._matching if self.run_filter is not None else None,
             gpu_readings=tuple(readings),
             # Only this pool's workers: the reports of the whole server are read at once.
             time_splits=tuple(

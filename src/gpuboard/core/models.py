@@ -225,6 +225,9 @@ class RunView:
     # Why a queued or slot-waiting run waits, in words (core/why.py), and the reason's code.
     wait_reason: str | None = None
     wait_code: str | None = None
+    # The batch it was submitted in: its `batch:<token>` tag's token (core/batch.py);
+    # None for a run gpuboard did not submit.
+    batch: str | None = None
 
     def elapsed(self, now: float) -> float | None:
         return None if self.start_time is None else max(0.0, now - self.start_time)
@@ -260,6 +263,9 @@ class Snapshot:
     gpu_readings: tuple[GpuReading, ...] = ()
     # Where recent runs' time went, per worker (medians of the runs' own reports).
     time_splits: tuple[TimeSplit, ...] = ()
+    # While the runs panel filters: the pool's runs the filter matches, read for it (newest
+    # first, at most one page); None when no filter is set or it could not be read.
+    matching: tuple[RunView, ...] | None = None
     errors: tuple[SourceError, ...] = ()
     cost: RefreshCost = field(default_factory=RefreshCost)
 

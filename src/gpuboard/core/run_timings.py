@@ -38,6 +38,20 @@ class RunTimings:
     slot_wait_s: float | None
     inference_s: float | None
     save_s: float | None
+    # When its inference ran (epoch seconds, inside the slot), for the timeline; None in
+    # reports from before these were sent: `inference_window` then estimates it.
+    inference_started_at: float | None = None
+    inference_ended_at: float | None = None
+    image_id: str | None = None
+
+    def inference_window(self) -> tuple[float, float] | None:
+        """(start, end) of its inference: as measured, else back from its end and save."""
+        if self.inference_started_at is not None and self.inference_ended_at is not None:
+            return self.inference_started_at, self.inference_ended_at
+        if self.inference_s is None:
+            return None
+        ended = self.ended_at - (self.save_s or 0.0)
+        return ended - self.inference_s, ended
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +66,9 @@ class RunTimings:
             executor=str(payload.get("executor") or "process"),
             ended_at=float(payload["ended_at"]),
             **phases,
+            inference_started_at=_seconds(payload.get("inference_started_at")),
+            inference_ended_at=_seconds(payload.get("inference_ended_at")),
+            image_id=None if payload.get("image_id") is None else str(payload["image_id"]),
         )
 
 

@@ -186,6 +186,7 @@ def _run_json(run: RunView, now: float) -> dict[str, Any]:
         "wait_reason": None
         if run.wait_reason is None
         else {"code": run.wait_code, "text": run.wait_reason},
+        "batch": run.batch,
     }
 
 

@@ -15,14 +15,17 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Vertical
 from textual.css.query import NoMatches
+from textual.events import Key
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Input
 
 from gpuboard.core.board_source import SnapshotSource
 from gpuboard.core.config import DEPLOYMENT_FULL_NAME
 from gpuboard.core.host.state import HostState
 from gpuboard.core.idle import IDLE_AFTER_READS, IDLE_READ_EVERY_S, fingerprint
 from gpuboard.core.models import RunView, Snapshot, SourceError
+from gpuboard.core.run_filter import RunFilter, RunFilterError, parse_run_filter
+from gpuboard.core.run_timings import RunTimings
 from gpuboard.tui.errors import operator_reason
 from gpuboard.tui.history import History
 from gpuboard.tui.messages import SnapshotReady
@@ -37,6 +40,12 @@ from gpuboard.tui.widgets.gpu_panel import GpuPanel, memory_key
 from gpuboard.tui.widgets.runs_panel import RunsPanel
 from gpuboard.tui.widgets.status_line import StatusLine
 from gpuboard.tui.widgets.workers_table import WorkersTable, slots_key
+
+FILTER_HINT = "filter runs: text  state:failed  worker:gpu-1  batch:NAME  (enter keeps, esc clears)"
+
+
+# The states of a run that has not started: what `c` cancels.
+QUEUED_TYPES = ("SCHEDULED", "PENDING")
 
 
 class GpuBoardApp(App[int]):
@@ -104,7 +113,7 @@ class GpuBoardApp(App[int]):
             "cancel_run",
             "Cancel",
             id="cancel-run",
-            tooltip="Pick one of the queued runs shown and cancel it",
+            tooltip="Cancel the queued run selected in the runs panel, else pick one shown",
         ),
         Binding(
             "h",
@@ -112,6 +121,25 @@ class GpuBoardApp(App[int]):
             "Holders",
             id="holders",
             tooltip="Who holds each GPU slot: release a dead holder's, mark a stale run Crashed",
+        ),
+        Binding(
+            "slash",
+            "filter_runs",
+            "Filter",
+            key_display="/",
+            id="filter-runs",
+            show=False,
+            tooltip="Filter the runs: text (name, image id), state:failed worker:gpu-1 "
+            "batch:NAME image:42; esc clears",
+        ),
+        Binding(
+            "t",
+            "timeline",
+            "Timeline",
+            id="timeline",
+            show=False,
+            tooltip="Per worker, one lane per GPU slot: inferences and slot waits of the "
+            "last minutes",
         ),
         Binding(
             "C",
@@ -137,7 +165,7 @@ class GpuBoardApp(App[int]):
     )
 
     # Every board key but quit and help: they act on the board's rows.
-    BOARD_ONLY_ACTIONS = WRITE_ACTIONS | {"refresh_now", "holders"}
+    BOARD_ONLY_ACTIONS = WRITE_ACTIONS | {"refresh_now", "holders", "filter_runs", "timeline"}
 
     def __init__(
         self,
@@ -177,6 +205,7 @@ class GpuBoardApp(App[int]):
         self._read_at = 0.0  # monotonic time the last read started
         self._fingerprint: Hashable = None  # what the last read showed, clocks left out
         self._unchanged_reads = 0
+        self.run_filter = RunFilter()
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.pool, self.api_url, id="status")
@@ -186,6 +215,8 @@ class GpuBoardApp(App[int]):
         with Container(id="lower"):
             yield GpuPanel(id="gpus")
             yield RunsPanel(id="runs")
+        # Disabled while hidden: it must not take the focus (nor the keys) from the board.
+        yield Input(placeholder=FILTER_HINT, id="run-filter", select_on_focus=False, disabled=True)
         # The palette (ctrl+p) is listed under `?`: its footer entry costs two keys at 80 cols.
         yield Footer(compact=True, show_command_palette=False)
 
@@ -218,9 +249,6 @@ class GpuBoardApp(App[int]):
         self._unchanged_reads = 0
         if was_idle:
             self.poll()
-
-    def on_key(self) -> None:
-        self.wake()
 
     @work(exclusive=True, group="poll", exit_on_error=False)
     async def _read_source(self) -> None:
@@ -489,22 +517,27 @@ class GpuBoardApp(App[int]):
         )
 
     def action_cancel_run(self) -> None:
+        selected = self.selected_run()
+        if selected is not None and selected.state_type in QUEUED_TYPES:
+            self._confirm_cancel(selected)
+            return
         queued = self.snapshot.next_queued if self.snapshot else ()
         if not queued:
             self.notify("no queued run to cancel", severity="warning")
             return
 
         def picked(run: RunView | None) -> None:
-            if run is None:
-                return
-
-            def confirmed(yes: bool | None) -> None:
-                if yes:
-                    self._cancel_one(run)
-
-            self.push_screen(ConfirmDialog(f"Cancel {run.name} (image {run.image_id})?"), confirmed)
+            if run is not None:
+                self._confirm_cancel(run)
 
         self.push_screen(QueuedRunPicker(queued), picked)
+
+    def _confirm_cancel(self, run: RunView) -> None:
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._cancel_one(run)
+
+        self.push_screen(ConfirmDialog(f"Cancel {run.name} (image {run.image_id})?"), confirmed)
 
     @work(group="cancel", exit_on_error=False)
     async def _cancel_one(self, run: RunView) -> None:
@@ -603,6 +636,87 @@ class GpuBoardApp(App[int]):
             return
         self.notify(outcome.message, timeout=8)
         self.poll()
+
+    # -- selecting and filtering runs -----------------------------------------------------
+
+    def selected_run(self) -> RunView | None:
+        """The run under the runs panel's cursor: the target of the board's run actions."""
+        return self.query_one(RunsPanel).selected_run()
+
+    def action_filter_runs(self) -> None:
+        field = self.query_one("#run-filter", Input)
+        field.disabled = False
+        field.add_class("-visible")
+        field.value = self.run_filter.source
+        field.cursor_position = len(field.value)
+        field.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "run-filter":
+            return
+        try:
+            run_filter = parse_run_filter(event.value)
+        except RunFilterError as exc:
+            event.input.border_subtitle = str(exc)
+            event.input.add_class("-invalid-filter")
+            return  # the last good filter stays until this one reads
+        event.input.remove_class("-invalid-filter")
+        self._apply_filter(run_filter)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "run-filter":
+            self._close_filter()
+            self.query_one(RunsPanel).focus()
+
+    def on_key(self, event: Key) -> None:
+        self.wake()
+        if event.key != "escape":
+            return
+        field = self.query_one("#run-filter", Input)
+        panel = self.query_one(RunsPanel)
+        if self.focused is field or (self.focused is panel and self.run_filter.active):
+            event.stop()
+            self._apply_filter(RunFilter())
+            self._close_filter()
+            panel.focus()
+
+    def _close_filter(self) -> None:
+        field = self.query_one("#run-filter", Input)
+        field.remove_class("-visible")
+        field.remove_class("-invalid-filter")
+        field.disabled = True
+
+    def _apply_filter(self, run_filter: RunFilter) -> None:
+        if run_filter == self.run_filter:
+            return
+        self.run_filter = run_filter
+        panel = self.query_one(RunsPanel)
+        panel.set_filter(run_filter)
+        panel.border_title = f"Runs · /{run_filter.source}" if run_filter.active else "Runs"
+        # The source reads what the filter matches beyond the refresh's short lists.
+        set_source_filter = getattr(self.source, "set_run_filter", None)
+        if set_source_filter is not None:
+            set_source_filter(run_filter if run_filter.active else None)
+        self.wake()
+        self.poll()
+
+    def action_timeline(self) -> None:
+        from gpuboard.tui.screens.timeline import TimelineScreen
+
+        self.push_screen(TimelineScreen(self._read_run_timings, self._timeline_context))
+
+    async def _read_run_timings(self, since: float) -> list[RunTimings]:
+        from gpuboard.core.prefect.client import async_client
+        from gpuboard.core.timeline import read_run_timings
+
+        async with async_client(self.api_url) as client:
+            return await read_run_timings(client, since)
+
+    def _timeline_context(self) -> tuple[dict[str, HostState], dict[str, int | None]]:
+        """The hosts' live states and the pool's workers' limits, from the latest snapshot."""
+        workers = self.snapshot.workers if self.snapshot else ()
+        limits = {w.name: (None if w.unprotected else w.limit) for w in workers if w.in_pool}
+        return self._host_states(), limits
 
     def action_holders(self) -> None:
         from gpuboard.core.config import gcl_name

@@ -40,6 +40,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.types import DateTime
 
+from gpuboard.core.batch import BATCH_TAG_PREFIX
 from gpuboard.core.config import gcl_name, worker_of_gcl
 from gpuboard.core.models import GclState, RunCounts, RunView, Step, WorkerView
 from gpuboard.core.prefect.drain_flags import WorkerRecords, read_worker_records
@@ -129,7 +130,7 @@ async def read_prefect(
     views = _with_records(views, records, queued)
     by_worker = {view.name: view for view in views}
     running_views = tuple(
-        _run_view(
+        run_view(
             run,
             step=_display_step(_step(steps, run), by_worker.get(_worker(run) or "")),
             step_since=_step_since(steps, run),
@@ -150,7 +151,7 @@ async def read_prefect(
             window_seconds=int(FINISHED_WINDOW.total_seconds()),
         ),
         running=running_views,
-        next_queued=tuple(_run_view(run) for run in queued),
+        next_queued=tuple(run_view(run) for run in queued),
         finished=finished,
         pid_runs=_pid_runs(running),
         pause=pause,
@@ -181,7 +182,7 @@ async def read_finished(client: PrefectClient, pool: str, now: datetime) -> Fini
             limit=LIST_CAP,
         ),
     )
-    return FinishedRuns(completed, failed, crashed, tuple(_run_view(run) for run in failures))
+    return FinishedRuns(completed, failed, crashed, tuple(run_view(run) for run in failures))
 
 
 async def _known(finished: FinishedRuns) -> FinishedRuns:
@@ -408,12 +409,8 @@ def _timestamp(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def run_view(run: FlowRun) -> RunView:
-    """A flow run as the board lists it (without its current step)."""
-    return _run_view(run)
-
-
-def _run_view(run: FlowRun, step: Step | None = None, step_since: float | None = None) -> RunView:
+def run_view(run: FlowRun, step: Step | None = None, step_since: float | None = None) -> RunView:
+    """The board's view of one flow run (its step, and since when, where the caller knows it)."""
     state = run.state
     image_id = (run.parameters or {}).get("image_id")
     return RunView(
@@ -430,6 +427,15 @@ def _run_view(run: FlowRun, step: Step | None = None, step_since: float | None =
         message=(state.message or None) if state else None,
         work_queue=run.work_queue_name,
         step_since=step_since,
+        batch=batch_of(run.tags or ()),
+    )
+
+
+def batch_of(tags: Iterable[str]) -> str | None:
+    """The batch token of a run's `batch:<token>` tag (core/batch.py), or None."""
+    return next(
+        (tag.removeprefix(BATCH_TAG_PREFIX) for tag in tags if tag.startswith(BATCH_TAG_PREFIX)),
+        None,
     )
 
 

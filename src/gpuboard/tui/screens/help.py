@@ -57,6 +57,27 @@ flow-run limit, runs ahead of it; `gpuboard why RUN` says the same). A long
 `start` says the machine starts runs slowly (warm runners fix that); a long `wait` with
 short `infer` says the slot, not the GPU, is the bottleneck.
 
+Tab moves the focus to the runs panel (its title turns reversed): up/down (or j/k) move
+a cursor over the runs shown, kept on its run across refreshes. Run actions apply to the
+run under it: `c` cancels it when it is queued (after a y/n), else asks which queued run.
+
+`/` filters the runs panel, k9s-style, as you type: plain words match the run's name and
+image id (`#42`); `state:failed`, `state:queued`, `worker:gpu-1`, `batch:NAME`,
+`image:42` narrow by one field (a comma gives alternatives: `state:failed,crashed`);
+terms combine. Enter keeps the filter (shown in the panel's title), Escape clears it.
+While a filter is set, each refresh also reads up to 200 of the pool's newest runs the
+server can narrow to, so finished runs and whole batches are found, not only the rows
+the panel lists.
+
+## Timeline (`t`)
+Per worker, one lane per GPU slot over the last 5 minutes (`+`/`-` zoom: 1, 2, 5, 10,
+30): each inference a bar (bold while it holds its slot now), from the reports runs
+publish when they end and the inference host's live slot holders. Below the lanes, the
+number of runs waiting for a slot in each column; `░` marks a slot left idle while runs
+waited. The heading says the slots busy over the window and the runs waiting now.
+Lanes beyond the limit (red `+`) mean inferences overlapped more than the limit allows
+now (it was lowered meanwhile).
+
 ## Holders (`h`)
 Who holds each GPU slot: the flow run, its state, how long it has held the slot, and
 whether the holder is alive or **DEAD** (its process gone, its run finished or deleted).
