@@ -761,9 +761,7 @@ def _logs(args: argparse.Namespace) -> int:
             except RunNotFound as exc:
                 _err(f"gpuboard: error: {exc}")
                 return EXIT_FAILED
-            async for lines in follow_logs(
-                client, run.id, min_level=min_level, follow=args.follow
-            ):
+            async for lines in follow_logs(client, run.id, min_level=min_level, follow=args.follow):
                 for line in lines:
                     if not args.grep or line.matches(args.grep):
                         _say(line.format())

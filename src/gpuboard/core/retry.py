@@ -201,10 +201,8 @@ async def batches_to_retry(
     """
     counts: dict[str, Counter[str]] = {}
     async with async_client(api_url) as client:
-        async for row in runs_in_states(
-            client, frozenset(RETRYABLE_STATES.values()), pool=pool
-        ):
-            state_type = (row.get("state") or {}).get("type")
+        async for row in runs_in_states(client, frozenset(RETRYABLE_STATES.values()), pool=pool):
+            state_type = str((row.get("state") or {}).get("type"))
             for tag in row.get("tags") or ():
                 if tag.startswith(BATCH_TAG_PREFIX):
                     counts.setdefault(tag[len(BATCH_TAG_PREFIX) :], Counter())[state_type] += 1

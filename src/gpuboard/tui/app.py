@@ -599,9 +599,7 @@ class GpuBoardApp(App[int]):
         if not await self.push_screen_wait(ConfirmDialog(question)):
             return
         try:
-            report = await retry_batch(
-                chosen.batch, api_url=self.api_url, read_only=self.read_only
-            )
+            report = await retry_batch(chosen.batch, api_url=self.api_url, read_only=self.read_only)
         except Exception as exc:
             self.notify(f"retry failed: {operator_reason(exc)}", severity="error", timeout=8)
             return

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas import OrchestrationResult
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry
@@ -122,14 +123,11 @@ async def requeue_if_failed(
     except Exception as exc:
         return RetryOutcome(flow_run_id, "", "failed", "", failure_reason(exc))
     state = run.state
-    shown = state.name if state is not None else "no state"
+    shown = (state.name if state is not None else None) or "no state"
     if state is None or state.type not in wanted:
-        already = (
-            requeued_already(state.name, state.type.value, run.run_count) if state else None
-        )
-        return RetryOutcome(
-            flow_run_id, run.name, "skipped", shown, already or f"not failed any more: it is {shown}"
-        )
+        already = requeued_already(shown, state.type.value, run.run_count) if state else None
+        why = already or f"not failed any more: it is {shown}"
+        return RetryOutcome(flow_run_id, run.name, "skipped", shown, why)
     if run.deployment_id is None:
         # Prefect empties a run's deployment when the deployment is deleted, and refuses
         # to reschedule a run without one: nothing would know how to run it.
@@ -138,10 +136,9 @@ async def requeue_if_failed(
         )
     try:
         if not await deployments.exists(run.deployment_id):
-            return RetryOutcome(
-                flow_run_id, run.name, "skipped", shown, f"its deployment {run.deployment_id} is gone"
-            )
-        result = await client.set_flow_run_state(
+            gone = f"its deployment {run.deployment_id} is gone"
+            return RetryOutcome(flow_run_id, run.name, "skipped", shown, gone)
+        result: OrchestrationResult[Any] = await client.set_flow_run_state(
             flow_run_id, AwaitingRetry(message=RETRY_MESSAGE), force=False
         )
     except Exception as exc:

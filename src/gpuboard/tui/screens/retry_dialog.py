@@ -15,7 +15,8 @@ from gpuboard.core.retry import BatchFailures
 
 
 def describe(batch: BatchFailures) -> str:
-    parts = [f"{n} {what}" for n, what in ((batch.failed, "failed"), (batch.crashed, "crashed")) if n]
+    counts = ((batch.failed, "failed"), (batch.crashed, "crashed"))
+    parts = [f"{n} {what}" for n, what in counts if n]
     return f"{batch.batch}  ({', '.join(parts)})"
 
 
