@@ -2,7 +2,7 @@
 
 The UI proposes a Scheduled state named AwaitingRetry (not forced) to the same flow run:
 the server lets a run of a deployment leave Failed or Crashed that way, a worker of its
-pool picks it up again, and its next Running state is named Retrying. The audit, the
+pool picks it up again (Pending, Submitting, Running) as the same flow run. The audit, the
 read-only guard and the report live in gpuboard.core.retry; this module is only the
 Prefect side: which runs a batch has, and the state change itself.
 """
@@ -43,15 +43,16 @@ class RetryOutcome:
 def requeued_already(state_name: str, state_type: str, run_count: int) -> str | None:
     """Why a run of the batch counts as re-queued already, or None.
 
-    AwaitingRetry waits for a worker, Retrying runs again; a Pending run that ran before
-    (run_count >= 1) is a re-queued one its worker is starting.
+    AwaitingRetry waits for a worker; a Pending run that ran before (run_count >= 1) is
+    one its worker is starting; a Running one on its second run or later runs again (a
+    worker's states after a retry: AwaitingRetry, Pending, Submitting, Running).
     """
     if state_name == AWAITING_RETRY:
         return "already re-queued, waiting for a worker (AwaitingRetry)"
-    if state_name == "Retrying":
-        return "already re-queued, running again (Retrying)"
     if state_type == StateType.PENDING.value and run_count >= 1:
-        return "already re-queued, its worker is starting it (Pending)"
+        return f"already re-queued, its worker is starting it ({state_name})"
+    if state_type == StateType.RUNNING.value and run_count >= 2:
+        return f"already re-queued, running again ({state_name})"
     return None
 
 

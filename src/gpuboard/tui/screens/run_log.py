@@ -18,8 +18,8 @@ from gpuboard.core.models import RunView
 from gpuboard.core.run_logs import LEVELS, LogLine, follow_logs, level_name
 from gpuboard.tui.errors import operator_reason
 
-# The levels `v` steps through, lowest first.
-LEVEL_STEPS: tuple[int, ...] = tuple(LEVELS.values())[:4]
+# The lowest levels `v` steps through after "all levels" (0): info, warning, error.
+LEVEL_STEPS: tuple[int, ...] = (LEVELS["info"], LEVELS["warning"], LEVELS["error"])
 
 
 class LogScreen(Screen[None]):
