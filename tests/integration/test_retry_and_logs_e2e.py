@@ -182,9 +182,9 @@ async def test_logs_follow_prints_lines_while_the_run_runs(stack: Stack, tmp_pat
     assert sum("chatty first line" in line for line in lines) == 1  # each line once
     assert await state_of(stack.api_url, run) == "StateType.COMPLETED"
 
+    filtered = ["--level", "warning", "--grep", "SECOND", "--api-url", stack.api_url]
     only = subprocess.run(
-        [sys.executable, "-m", "gpuboard", "logs", str(run), "--level", "warning"]
-        + ["--grep", "SECOND", "--api-url", stack.api_url],
+        [sys.executable, "-m", "gpuboard", "logs", str(run), *filtered],
         capture_output=True,
         text=True,
         timeout=60,
