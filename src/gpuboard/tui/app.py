@@ -115,6 +115,7 @@ class GpuBoardApp(App[int]):
             key_display="R",
             id="retry-batch",
             tooltip="Run the failed and crashed runs of a batch again (pick the batch, confirm)",
+            show=False,  # 80 columns are scarce: `?` and the palette list it
         ),
         Binding(
             "l",
@@ -122,6 +123,7 @@ class GpuBoardApp(App[int]):
             "Logs",
             id="run-logs",
             tooltip="A run's Prefect logs, followed live (pick one of the runs shown)",
+            show=False,  # 80 columns are scarce: `?` and the palette list it
         ),
         Binding(
             "C",

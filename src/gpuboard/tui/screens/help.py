@@ -53,6 +53,13 @@ elapsed time, the latest failures with their message, and the next queued runs. 
 `start` says the machine starts runs slowly (warm runners fix that); a long `wait` with
 short `infer` says the slot, not the GPU, is the bottleneck.
 
+## Retry (`R`) and logs (`l`)
+`R` lists the batches with Failed or Crashed runs and retries the one picked, after y/n:
+the same runs are re-queued (AwaitingRetry) for a worker of their pool; the report says
+which were re-queued and which were skipped and why. A re-queued run is no longer failed,
+so retrying again re-queues nothing. `l` opens a run's Prefect logs (its task runs'
+included), following it while it runs: `v` steps the lowest level shown, `/` searches.
+
 ## Holders (`h`)
 Who holds each GPU slot: the flow run, its state, how long it has held the slot, and
 whether the holder is alive or **DEAD** (its process gone, its run finished or deleted).
