@@ -1,5 +1,5 @@
 """The `gpuboard` command: the dashboard, and the subcommands up, worker, submit, cancel,
-limit and status (drain, undrain and why: cli_drain.py)."""
+retry, logs, limit and status (drain, undrain and why: cli_drain.py)."""
 
 from __future__ import annotations
 
@@ -377,6 +377,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_only(cancel)
     cancel.set_defaults(parser=cancel)
 
+    retry = commands.add_parser(
+        "retry",
+        help="run the failed and crashed runs of a batch again",
+        description=(
+            "Re-queue the Failed and Crashed runs of a batch (the same flow runs, moved to "
+            "AwaitingRetry as Prefect's UI Retry does), so a worker runs them again. A run "
+            "re-queued already, or no longer failed, is skipped and reported; retrying "
+            "twice re-queues once. Exit status: 0 when nothing failed, 1 otherwise or "
+            "when the batch has no runs."
+        ),
+    )
+    retry.add_argument("--batch", required=True, metavar="NAME", help="the batch's name")
+    retry.add_argument(
+        "--state",
+        default="failed,crashed",
+        metavar="STATES",
+        help="which runs: failed, crashed or failed,crashed (default)",
+    )
+    _add_api_url(retry)
+    _add_read_only(retry)
+    retry.set_defaults(parser=retry)
+
+    logs = commands.add_parser(
+        "logs",
+        help="print a flow run's Prefect logs, and follow them while it runs",
+        description=(
+            "Print the logs of a flow run and of its task runs, oldest first. With "
+            "--follow, new lines are printed as they come until the run is final."
+        ),
+    )
+    logs.add_argument("run", metavar="RUN", help="flow run id, or its name if unique")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow while the run runs")
+    logs.add_argument(
+        "--level",
+        default="debug",
+        metavar="LEVEL",
+        help="lowest level shown: debug (default), info, warning, error, critical",
+    )
+    logs.add_argument("--grep", metavar="TEXT", help="only lines containing TEXT (any case)")
+    _add_api_url(logs)
+    logs.set_defaults(parser=logs)
+
     limit = commands.add_parser(
         "limit",
         help="change a worker's GPU slot limit (GCL gpu:<worker>)",
@@ -428,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": _worker,
         "submit": _submit,
         "cancel": _cancel,
+        "retry": _retry,
+        "logs": _logs,
         "status": _status,
         "limit": _limit,
         **getattr(args, "extra_handlers", {}),
@@ -690,6 +734,53 @@ def _cancel(args: argparse.Namespace) -> int:
     for outcome in failed:
         _say(f"  {outcome.name or outcome.flow_run_id}: {outcome.reason}")
     return EXIT_OK if not failed else EXIT_FAILED
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from gpuboard.core.retry import (
+        RetryInputError,
+        format_retry_report,
+        parse_retry_states,
+        retry_batch,
+    )
+
+    try:
+        states = parse_retry_states(args.state)
+        if not args.batch.strip():
+            raise RetryInputError("--batch may not be empty")
+    except RetryInputError as exc:
+        raise _UsageError(str(exc)) from None
+    report = asyncio.run(
+        retry_batch(args.batch, states=states, api_url=_api_url(args), read_only=args.read_only)
+    )
+    _say(format_retry_report(report))
+    return EXIT_OK if report.ok and report.total_runs else EXIT_FAILED
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from gpuboard.core.prefect.client import async_client
+    from gpuboard.core.run_logs import LogInputError, RunNotFound, find_flow_run, follow_logs
+    from gpuboard.core.run_logs import parse_level as parse_log_level
+
+    try:
+        min_level = parse_log_level(args.level)
+    except LogInputError as exc:
+        raise _UsageError(str(exc)) from None
+
+    async def show() -> int:
+        async with async_client(_api_url(args)) as client:
+            try:
+                run = await find_flow_run(client, args.run)
+            except RunNotFound as exc:
+                _err(f"gpuboard: error: {exc}")
+                return EXIT_FAILED
+            async for lines in follow_logs(client, run.id, min_level=min_level, follow=args.follow):
+                for line in lines:
+                    if not args.grep or line.matches(args.grep):
+                        _say(line.format())
+            return EXIT_OK
+
+    return asyncio.run(show())
 
 
 def _limit(args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 from gpuboard.tui.screens.help import HelpScreen
 from gpuboard.tui.screens.holders import HoldersScreen
 from gpuboard.tui.screens.number_dialog import LimitDialog
+from gpuboard.tui.screens.retry_dialog import ReportScreen, RetryBatchPicker
+from gpuboard.tui.screens.run_log import LogRunPicker, LogScreen
 from gpuboard.tui.screens.run_picker import QueuedRunPicker
 from gpuboard.tui.widgets.banner import Banner
 from gpuboard.tui.widgets.gpu_panel import GpuPanel, memory_key
@@ -142,6 +144,23 @@ class GpuBoardApp(App[int]):
             "last minutes",
         ),
         Binding(
+            "R",
+            "retry_batch",
+            "Retry",
+            key_display="R",
+            id="retry-batch",
+            tooltip="Run the failed and crashed runs of a batch again (pick the batch, confirm)",
+            show=False,  # 80 columns are scarce: `?` and the palette list it
+        ),
+        Binding(
+            "l",
+            "run_logs",
+            "Logs",
+            id="run-logs",
+            tooltip="The selected run's Prefect logs, followed live (else pick a run shown)",
+            show=False,  # 80 columns are scarce: `?` and the palette list it
+        ),
+        Binding(
             "C",
             "cancel_queued",
             "Cancel all",
@@ -161,11 +180,18 @@ class GpuBoardApp(App[int]):
             "cancel_run",
             "cancel_queued",
             "drain",
+            "retry_batch",
         }
     )
 
     # Every board key but quit and help: they act on the board's rows.
-    BOARD_ONLY_ACTIONS = WRITE_ACTIONS | {"refresh_now", "holders", "filter_runs", "timeline"}
+    BOARD_ONLY_ACTIONS = WRITE_ACTIONS | {
+        "refresh_now",
+        "holders",
+        "filter_runs",
+        "timeline",
+        "run_logs",
+    }
 
     def __init__(
         self,
@@ -717,6 +743,81 @@ class GpuBoardApp(App[int]):
         workers = self.snapshot.workers if self.snapshot else ()
         limits = {w.name: (None if w.unprotected else w.limit) for w in workers if w.in_pool}
         return self._host_states(), limits
+
+    def action_retry_batch(self, batch: str | None = None) -> None:
+        """Ask which batch to retry (`batch`, else the selected run's, preselected), confirm,
+        retry it and show the report."""
+        selected = self.selected_run()
+        self._retry_batch(batch or (selected.batch if selected else None))
+
+    @work(group="retry", exit_on_error=False)
+    async def _retry_batch(self, preselect: str | None) -> None:
+        from gpuboard.core.retry import batches_to_retry, format_retry_report, retry_batch
+
+        if self.read_only:  # the key is off; the palette and callers land here
+            self._refuse_read_only("Retry")
+            return
+        try:
+            batches = await batches_to_retry(api_url=self.api_url, pool=self.pool)
+        except Exception as exc:
+            self.notify(f"cannot read the failed runs: {operator_reason(exc)}", severity="error")
+            return
+        if not batches:
+            self.notify(f"no batch of pool {self.pool} has failed or crashed runs")
+            return
+        chosen = await self.push_screen_wait(RetryBatchPicker(batches, preselect))
+        if chosen is None:
+            return
+        question = f"Retry the {chosen.total} failed and crashed runs of batch {chosen.batch}?"
+        if not await self.push_screen_wait(ConfirmDialog(question)):
+            return
+        try:
+            report = await retry_batch(chosen.batch, api_url=self.api_url, read_only=self.read_only)
+        except Exception as exc:
+            self.notify(f"retry failed: {operator_reason(exc)}", severity="error", timeout=8)
+            return
+        self.poll()
+        await self.push_screen_wait(
+            ReportScreen(
+                f"Retried batch {chosen.batch}: {len(report.requeued)} re-queued",
+                format_retry_report(report),
+            )
+        )
+
+    def action_run_logs(self) -> None:
+        """Open the selected run's logs; with none selected, pick one of the runs shown."""
+        selected = self.selected_run()
+        if selected is not None:
+            self.open_run_logs(selected)
+            return
+        runs = self._runs_shown()
+        if not runs:
+            self.notify("no run on the board to show the logs of", severity="warning")
+            return
+
+        def picked(run: RunView | None) -> None:
+            if run is not None:
+                self.open_run_logs(run)
+
+        self.push_screen(LogRunPicker(runs), picked)
+
+    def open_run_logs(self, run: RunView | str) -> None:
+        """Open the log screen of `run` (a RunView or a flow run id), following it live."""
+        from uuid import UUID
+
+        if isinstance(run, RunView):
+            self.push_screen(LogScreen(UUID(run.id), api_url=self.api_url, name=run.name))
+        else:
+            self.push_screen(LogScreen(UUID(str(run)), api_url=self.api_url))
+
+    def _runs_shown(self) -> list[RunView]:
+        """The runs the board lists: running, latest failures, next queued; each once."""
+        if self.snapshot is None:
+            return []
+        runs: dict[str, RunView] = {}
+        for run in (*self.snapshot.running, *self.snapshot.failures, *self.snapshot.next_queued):
+            runs.setdefault(run.id, run)
+        return list(runs.values())
 
     def action_holders(self) -> None:
         from gpuboard.core.config import gcl_name
