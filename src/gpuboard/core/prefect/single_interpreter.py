@@ -27,6 +27,7 @@ from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
 from gpuboard.core.prefect.drain_gate import DrainGate
+from gpuboard.core.prefect.run_labels import PatientLabels
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -59,7 +60,7 @@ class SingleInterpreterJobConfiguration(ProcessJobConfiguration):
         )
 
 
-class SingleInterpreterProcessWorker(DrainGate, ProcessWorker):
+class SingleInterpreterProcessWorker(DrainGate, PatientLabels, ProcessWorker):
     """Prefect's process worker (same job template) with one interpreter per flow run. A
     deployment's own `command` job variable still wins. Honours a drain (drain_gate.py).
 

@@ -43,6 +43,7 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessVariables
 from gpuboard.core.prefect.drain_gate import DrainGate
 from gpuboard.core.prefect.events import emit_event
 from gpuboard.core.prefect.run_health import reschedule_pending
+from gpuboard.core.prefect.run_labels import PatientLabels
 from gpuboard.core.warm.pool import PoolState, RunnerPool
 from gpuboard.core.warm.runner import RunnerLimits
 from gpuboard.core.warm.state import EVENT_NAME as EXECUTOR_EVENT
@@ -64,7 +65,9 @@ class WarmWorkerResult(BaseWorkerResult):
 
 
 class WarmWorker(
-    DrainGate, BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorkerResult]
+    DrainGate,
+    PatientLabels,
+    BaseWorker[ProcessJobConfiguration, ProcessVariables, WarmWorkerResult],
 ):
     type = WORKER_TYPE
     job_configuration = ProcessJobConfiguration
