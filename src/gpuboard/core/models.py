@@ -167,7 +167,15 @@ class WorkerView:
         """DRAINING while a drained worker still has flow runs, DRAINED once it has none."""
         if not self.drained:
             return None
-        return "DRAINING" if self.running or self.pending else "DRAINED"
+        return "DRAINING" if self.runs_in_hand else "DRAINED"
+
+    @property
+    def runs_in_hand(self) -> int:
+        """The flow runs it has taken and not finished: Running or Pending on it, or its
+        warm runners' busy count where larger (a warm run can start and end between two
+        reads of the runs, and its runners say so within seconds)."""
+        busy = self.executor.busy if self.executor is not None else 0
+        return max(self.running + self.pending, busy)
 
     @property
     def unprotected(self) -> bool:

@@ -211,7 +211,7 @@ def _full(worker: WorkerView) -> bool:
 
 
 def _taken(worker: WorkerView) -> int:
-    return worker.running + worker.pending
+    return worker.runs_in_hand
 
 
 def _names(workers: Sequence[WorkerView]) -> str:

@@ -633,7 +633,7 @@ class GpuBoardApp(App[int]):
         view = self.snapshot.worker(worker) if self.snapshot else None
         drain = view is None or not view.drained
         if drain:
-            runs = (view.running + view.pending) if view is not None else 0
+            runs = view.runs_in_hand if view is not None else 0
             others = [
                 w.name
                 for w in (self.snapshot.workers if self.snapshot else ())
