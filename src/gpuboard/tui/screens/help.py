@@ -79,11 +79,12 @@ Lanes beyond the limit (red `+`) mean inferences overlapped more than the limit 
 now (it was lowered meanwhile).
 
 ## Retry (`R`) and logs (`l`)
-`R` lists the batches with Failed or Crashed runs and retries the one picked, after y/n:
-the same runs are re-queued (AwaitingRetry) for a worker of their pool; the report says
-which were re-queued and which were skipped and why. A re-queued run is no longer failed,
-so retrying again re-queues nothing. `l` opens a run's Prefect logs (its task runs'
-included), following it while it runs: `v` steps the lowest level shown, `/` searches.
+`R` lists the batches with Failed or Crashed runs (the selected run's batch highlighted)
+and retries the one picked, after y/n: the same runs are re-queued (AwaitingRetry) for a
+worker of their pool; the report says which were re-queued and which were skipped and
+why. A re-queued run is no longer failed, so retrying again re-queues nothing. `l` opens
+the selected run's Prefect logs (with none selected, pick a run shown; its task runs'
+lines included), following it while it runs: `v` steps the lowest level, `/` searches.
 
 ## Holders (`h`)
 Who holds each GPU slot: the flow run, its state, how long it has held the slot, and
