@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from textual.widgets import OptionList
 
 from fakes.fake_nvml import FakeNvml
 from gpuboard.cli import main
@@ -19,6 +20,7 @@ from gpuboard.core.retry import batches_to_retry
 from gpuboard.tui.app import GpuBoardApp
 from gpuboard.tui.screens.confirm_dialog import ConfirmDialog
 from gpuboard.tui.screens.retry_dialog import ReportScreen, RetryBatchPicker
+from gpuboard.tui.screens.run_log import LogScreen
 from support.batches import Batch, make_batch
 from support.pilot import until
 
@@ -95,3 +97,37 @@ def test_logs_of_an_unknown_run_says_so(
     with pytest.raises(SystemExit) as usage:
         main(["logs", missing, "--level", "loud", "--api-url", api_url])
     assert usage.value.code == 2
+
+
+async def test_R_and_l_act_on_the_run_selected_in_the_runs_panel(
+    prefect_server: LocalServer,
+) -> None:
+    api_url = prefect_server.api_url
+    batch = await make_batch(api_url, ["Failed"])
+    other = await make_batch(api_url, ["Failed", "Failed"], pool=batch.pool)
+    target = str(batch.runs["Failed-0"])
+    app = board(batch, api_url)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: app.snapshot is not None and len(app.snapshot.failures) == 3)
+        await pilot.press("tab")
+        for _ in range(6):  # down the panel to the run of `batch`
+            selected = app.selected_run()
+            if selected is not None and selected.id == target:
+                break
+            await pilot.press("down")
+        selected = app.selected_run()
+        assert selected is not None and selected.id == target
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, RetryBatchPicker))
+        picker = app.screen
+        assert isinstance(picker, RetryBatchPicker)
+        names = [b.batch for b in picker.batches]
+        assert names[0] == other.name  # listed first (more runs), yet not the one offered
+        assert picker.query_one(OptionList).highlighted == names.index(batch.name)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, RetryBatchPicker))
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        assert str(app.screen.run_id) == target  # type: ignore[attr-defined]
+    # Nothing was retried: the picker was left with Escape.
+    assert await state_names(api_url, [batch.runs["Failed-0"]]) == ["Failed"]
