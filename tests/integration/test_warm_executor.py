@@ -65,7 +65,9 @@ async def start_worker(
     command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
     command += ["--api-url", api_url, "--gpu-slots", "1", "--runs", str(runs)]
     command += ["--executor", executor, "--inference-threads", "1"]
-    children.start(command, env, tmp_path / f"{worker}.log")
+    # Started outside the checkout, in a folder of its own that its runs must leave alone.
+    (tmp_path / "worker-cwd").mkdir(exist_ok=True)
+    children.start(command, env, tmp_path / f"{worker}.log", cwd=tmp_path / "worker-cwd")
     await wait_for_online(api_url, pool, {worker}, timeout=120)
     return pool, worker
 
@@ -193,6 +195,9 @@ async def test_a_stopped_worker_finishes_its_running_runs_and_loses_no_queued_on
     await start_worker_again(children, api_url, tmp_path, pool, worker)
     finished = await wait_for_final_states(api_url, runs, timeout=180)
     assert set(finished.values()) == {StateType.COMPLETED}
+    # The deployment has no pull steps: Prefect copies its folder into the run's working
+    # directory, which is the runner's scratch one, as a process worker's is a temporary one.
+    assert list((tmp_path / "worker-cwd").iterdir()) == []
 
 
 async def start_worker_again(
@@ -201,7 +206,7 @@ async def start_worker_again(
     env = {**os.environ, "PREFECT_API_URL": api_url, "GPUBOARD_RESULTS_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "gpuboard", "worker", "--id", worker, "--pool", pool]
     command += ["--api-url", api_url, "--gpu-slots", "1", "--runs", "2", "--executor", "warm"]
-    children.start(command, env, tmp_path / f"{worker}-again.log")
+    children.start(command, env, tmp_path / f"{worker}-again.log", cwd=tmp_path / "worker-cwd")
 
 
 async def test_the_seeds_own_flow_runs_unchanged_on_a_warm_worker(

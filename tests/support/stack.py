@@ -24,11 +24,14 @@ class Children:
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command,
                 env=env,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -118,9 +118,14 @@ class RunnerPool:
     # -- running ----------------------------------------------------------------------
 
     async def execute(
-        self, flow_run_id: str, env: dict[str, str], started: Callable[[int], None]
+        self,
+        flow_run_id: str,
+        env: dict[str, str],
+        started: Callable[[int], None],
+        working_dir: str | None = None,
     ) -> tuple[int, int]:
-        """Run `flow_run_id` on the next idle runner; (exit status, runner pid).
+        """Run `flow_run_id` on the next idle runner, in `working_dir` (else the runner's
+        own scratch directory); (exit status, runner pid).
 
         `started(pid)` is called once the runner has the run (its infrastructure pid).
         A run cancelled through `cancel()` ends with status 0: its state is set already.
@@ -134,7 +139,8 @@ class RunnerPool:
         runner.answer = loop.create_future()
         self._on_change()
         assert runner.process.stdin is not None
-        line = json.dumps({"op": "run", "flow_run_id": flow_run_id, "env": env}) + "\n"
+        command = {"op": "run", "flow_run_id": flow_run_id, "env": env, "cwd": working_dir}
+        line = json.dumps(command) + "\n"
         try:
             runner.process.stdin.write(line.encode())
             await runner.process.stdin.drain()

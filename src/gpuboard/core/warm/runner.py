@@ -4,7 +4,11 @@ module) and runs flow runs one after another with Prefect's own flow engine, as
 steps included), `run_flow`. It is told what to run, and answers, over a pipe.
 
 Commands arrive on stdin, one JSON object per line: `{"op": "run", "flow_run_id": ...,
-"env": {...}}`. Answers go to the control file descriptor, one JSON line each:
+"env": {...}, "cwd": ...}`. A run without a `cwd` (the pool's job template sets no
+working directory) runs in the runner's scratch directory, as Prefect's process worker
+runs it in a temporary one: a deployment without pull steps copies its files into the
+working directory, which must not be the worker's (a checkout).
+Answers go to the control file descriptor, one JSON line each:
 `{"ready": pid}` once warm, and `{"done": id, "exit": code, "retiring": reason | null}`
 after each run: a runner past `max_runs` or `max_rss_mb` says so and exits.
 A run that is cancelled or a runner that dies is the worker's to handle: it kills the
@@ -16,7 +20,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +44,7 @@ class WarmRunner:
 
     send: Callable[[dict[str, Any]], None]
     limits: RunnerLimits = field(default_factory=RunnerLimits)
+    scratch: str = "."  # where runs without a working directory of their own run
     runs: int = 0
     _flows: dict[str, Any] = field(default_factory=dict)  # deployment id -> loaded flow
 
@@ -60,6 +67,7 @@ class WarmRunner:
                 continue
             flow_run_id = str(command["flow_run_id"])
             started = time.time()
+            os.chdir(command.get("cwd") or self.scratch)
             code = self.run_one(UUID(flow_run_id), command.get("env") or {})
             self.runs += 1
             # Retiring is said with the answer, so the worker never gives this runner
@@ -201,6 +209,10 @@ def main(fd: int, preload: list[str], limits: RunnerLimits) -> int:
     from gpuboard.core.run_timings import EXECUTOR_ENV
 
     os.environ[EXECUTOR_ENV] = "warm"  # what the runs' timing reports say they ran on
-    runner = WarmRunner(pipe_sender(fd), limits)
-    runner.warm_up(preload)
-    return runner.serve(sys.stdin)
+    scratch = tempfile.mkdtemp(prefix="gpuboard-runner-")
+    try:
+        runner = WarmRunner(pipe_sender(fd), limits, scratch=scratch)
+        runner.warm_up(preload)
+        return runner.serve(sys.stdin)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

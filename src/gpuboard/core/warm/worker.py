@@ -148,7 +148,13 @@ class WarmWorker(
                 task_status.started(pid)
 
         try:
-            code, pid = await self.pool.execute(str(flow_run.id), _run_env(configuration), started)
+            working_dir = configuration.working_dir
+            code, pid = await self.pool.execute(
+                str(flow_run.id),
+                _run_env(configuration),
+                started,
+                str(working_dir) if working_dir else None,
+            )
         except asyncio.CancelledError:
             if not assigned:
                 # Stopping before a runner took it: hand it back for any worker to take.
