@@ -81,11 +81,11 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _why(args: argparse.Namespace) -> int:
-    from gpuboard.core.why_run import RunNotFoundError, why_run
+    from gpuboard.core.why_run import RunNotFound, why_run
 
     try:
         answer = asyncio.run(why_run(args.run, api_url=_api_url(args)))
-    except RunNotFoundError as exc:
+    except RunNotFound as exc:
         print(f"gpuboard: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     if args.json:

@@ -20,13 +20,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 
-from gpuboard.core.prefect.logs import (
-    LOG_PAGE,
-    RunNotFound,
-    find_flow_run,
-    read_run_logs,
-    task_run_name,
-)
+from gpuboard.core.prefect.logs import LOG_PAGE, read_run_logs, task_run_name
+from gpuboard.core.prefect.run_lookup import RunNotFound, find_flow_run
 
 __all__ = [
     "LEVELS",

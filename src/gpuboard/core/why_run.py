@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from gpuboard.core.board_source import BoardSource
 from gpuboard.core.config import configured_api_url
 from gpuboard.core.prefect.client import async_client
-from gpuboard.core.prefect.run_lookup import RunNotFoundError, find_run, scheduled_ahead
+from gpuboard.core.prefect.run_lookup import RunNotFound, find_flow_run, scheduled_ahead
 from gpuboard.core.prefect.snapshot import run_view
 from gpuboard.core.why import PoolWaitFacts, WaitReason, queued_reason
 
-__all__ = ["RunNotFoundError", "WhyAnswer", "why_run"]
+__all__ = ["RunNotFound", "WhyAnswer", "why_run"]
 
 QUEUED_TYPES = ("SCHEDULED", "PENDING")
 
@@ -50,9 +50,9 @@ class WhyAnswer:
 
 
 async def why_run(ref: str, *, api_url: str | None = None) -> WhyAnswer:
-    """Why the run with id or name `ref` waits; RunNotFoundError when there is none."""
+    """Why the run with id or name `ref` waits; RunNotFound when none or several match."""
     async with async_client(api_url) as client:
-        flow_run = await find_run(client, ref)
+        flow_run = await find_flow_run(client, ref)
         ahead = await scheduled_ahead(client, flow_run)
     run = run_view(flow_run)
     pool = flow_run.work_pool_name

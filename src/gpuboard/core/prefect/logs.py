@@ -1,4 +1,4 @@
-"""Reads flow-run logs and finds a flow run by id or name: the Prefect side of run_logs."""
+"""Reads flow-run logs: the Prefect side of run_logs."""
 
 from __future__ import annotations
 
@@ -8,52 +8,18 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterName,
     LogFilter,
     LogFilterFlowRunId,
     LogFilterLevel,
     LogFilterTimestamp,
 )
-from prefect.client.schemas.objects import FlowRun, Log
-from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.client.schemas.objects import Log
+from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.types import DateTime
 
 # The server's largest page (PREFECT_API_DEFAULT_LIMIT).
 LOG_PAGE = 200
-
-
-class RunNotFound(LookupError):
-    """No flow run has that id or name, or the name is ambiguous; the message says which."""
-
-
-async def find_flow_run(client: PrefectClient, run: str) -> FlowRun:
-    """The flow run `run` names: its id, or its name when exactly one run has it."""
-    text = run.strip()
-    try:
-        run_id = UUID(text)
-    except ValueError:
-        run_id = None
-    if run_id is not None:
-        try:
-            return await client.read_flow_run(run_id)
-        except ObjectNotFound:
-            raise RunNotFound(f"no flow run with id {run_id} on this server") from None
-    found = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[text])),
-        sort=FlowRunSort.START_TIME_DESC,
-        limit=6,
-    )
-    if not found:
-        raise RunNotFound(f"no flow run named {text!r} (nor with that id) on this server")
-    if len(found) > 1:
-        ids = ", ".join(str(r.id) for r in found[:5])
-        more = "+" if len(found) > 5 else ""
-        raise RunNotFound(
-            f"{len(found)}{more} flow runs are named {text!r}: give the id (newest first: {ids})"
-        )
-    return found[0]
 
 
 async def read_run_logs(

@@ -19,30 +19,36 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
 
-class RunNotFoundError(LookupError):
-    """No flow run has that id or name."""
+class RunNotFound(LookupError):
+    """No flow run has that id or name, or the name is ambiguous; the message says which."""
 
 
-async def find_run(client: PrefectClient, ref: str) -> FlowRun:
-    """The run whose id is `ref`, else the newest whose name is `ref`."""
-    ref = ref.strip()
+async def find_flow_run(client: PrefectClient, run: str) -> FlowRun:
+    """The flow run `run` names: its id, or its name when exactly one run has it."""
+    text = run.strip()
     try:
-        run_id = UUID(ref)
+        run_id = UUID(text)
     except ValueError:
         run_id = None
     if run_id is not None:
         try:
             return await client.read_flow_run(run_id)
         except ObjectNotFound:
-            raise RunNotFoundError(f"no flow run with id {ref}") from None
-    runs = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[ref])),
-        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-        limit=1,
+            raise RunNotFound(f"no flow run with id {run_id} on this server") from None
+    found = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[text])),
+        sort=FlowRunSort.START_TIME_DESC,
+        limit=6,
     )
-    if not runs:
-        raise RunNotFoundError(f"no flow run named {ref!r} (give its name or its id)")
-    return runs[0]
+    if not found:
+        raise RunNotFound(f"no flow run named {text!r} (nor with that id) on this server")
+    if len(found) > 1:
+        ids = ", ".join(str(r.id) for r in found[:5])
+        more = "+" if len(found) > 5 else ""
+        raise RunNotFound(
+            f"{len(found)}{more} flow runs are named {text!r}: give the id (newest first: {ids})"
+        )
+    return found[0]
 
 
 async def scheduled_ahead(client: PrefectClient, run: FlowRun) -> int:
