@@ -103,6 +103,15 @@ async def drain_state(api_url: str, pool: str, worker: str) -> str | None:
     return view.drain_state
 
 
+async def becomes_drained(api_url: str, pool: str, worker: str, timeout: float = 60) -> None:
+    """DRAINED once its runs have ended and its runners said they are idle (published
+    on change, read from the server's events: seconds after the run's end)."""
+    deadline = time.monotonic() + timeout
+    while (state := await drain_state(api_url, pool, worker)) != "DRAINED":
+        assert state == "DRAINING" and time.monotonic() < deadline, state
+        await asyncio.sleep(1)
+
+
 async def test_drain_moves_queued_work_and_lets_the_running_run_finish(
     prefect_server: LocalServer, children: Children, tmp_path: Path
 ) -> None:
@@ -129,7 +138,7 @@ async def test_drain_moves_queued_work_and_lets_the_running_run_finish(
     assert set(states.values()) == {StateType.COMPLETED}
     assert await worker_of(api_url, short_run) == other
     assert await worker_of(api_url, long_run) == drained
-    assert await drain_state(api_url, pool, drained) == "DRAINED"
+    await becomes_drained(api_url, pool, drained)
 
     # The drain holds across a restart of the drained worker.
     stop(processes[drained])
@@ -141,7 +150,7 @@ async def test_drain_moves_queued_work_and_lets_the_running_run_finish(
     # The other worker is full (--runs 1) and the drained one takes none: the reason says so.
     answer = await why_run(str(waiting_run), api_url=api_url)
     assert answer.reason is not None and answer.reason.code == "worker_at_run_limit", answer
-    assert await drain_state(api_url, pool, drained) == "DRAINED"
+    await becomes_drained(api_url, pool, drained)
 
     # Undrained, it takes the waiting run while the other worker is still busy.
     await undrain_worker(drained, pool=pool, api_url=api_url)
