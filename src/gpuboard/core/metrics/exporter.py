@@ -4,7 +4,9 @@ metrics built by a background refresh, and the small HTTP server that serves it.
 A scrape never waits on the Prefect server or NVML: a thread reads the board's snapshot
 (`BoardSource`, the same reads as the board and `gpuboard status`) and the event feeds
 every `interval_s` and swaps in the finished metric families; `collect()` hands back the
-last ones. A failing source never stops the refresh: it shows as
+last ones. The thread also renders them once in the text format, and the HTTP endpoint
+serves those bytes: rendering ~400 samples costs milliseconds of CPU, once per refresh
+rather than once per scrape. A failing source never stops the refresh: it shows as
 `gpuboard_source_up{source=...} 0` and the exporter keeps serving.
 """
 
@@ -17,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prefect.client.orchestration import PrefectClient
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -34,6 +38,9 @@ from gpuboard.core.prefect.events import ReceivedEvent
 from gpuboard.core.prefect.poll_client import NoRetries, describe_failure, poll_client
 from gpuboard.core.reclaim_events import EVENT_NAME as RECLAIM_EVENT
 from gpuboard.core.run_timings import EVENT_NAME as TIMINGS_EVENT
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 DEFAULT_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses by default
 DEFAULT_HOST = "127.0.0.1"
@@ -69,6 +76,9 @@ class MetricsExporter(Collector):
         self._client: PrefectClient | None = None
         self._no_retries = NoRetries()
         self._metrics: list[Metric] = []
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+        self._exposition = generate_latest(self._registry)
         self._refreshes = 0
         self._refresh_failures = 0
         self._stop = threading.Event()
@@ -80,6 +90,11 @@ class MetricsExporter(Collector):
     def collect(self) -> Iterable[Metric]:
         """The metrics of the last refresh (a list swapped whole: no lock needed)."""
         return self._metrics
+
+    @property
+    def exposition(self) -> bytes:
+        """The last refresh's metrics in Prometheus's text format (0.0.4)."""
+        return self._exposition
 
     # -- refreshing ---------------------------------------------------------------------
 
@@ -95,6 +110,7 @@ class MetricsExporter(Collector):
             self._refresh_failures += 1
             return
         self._metrics = metrics
+        self._exposition = generate_latest(self._registry)
         self._refreshes += 1
 
     async def _read_feeds(self, snapshot: Snapshot) -> dict[str, bool]:
@@ -220,12 +236,34 @@ class MetricsServer:
 def serve_metrics(
     exporter: MetricsExporter, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 ) -> MetricsServer:
-    """Serve `exporter` (started by the caller) on http://host:port/metrics in a thread.
-
-    Its own registry: only gpuboard's metrics, not the Python process's defaults.
-    OSError when the port cannot be bound.
-    """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(exporter)
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    """Serve `exporter` (started by the caller) on http://host:port/metrics in a thread
+    (port 0: any free one). OSError when the port cannot be bound."""
+    server = make_server(
+        host, port, _metrics_app(exporter), ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="gpuboard-metrics-http")
+    thread.daemon = True
+    thread.start()
     return MetricsServer(exporter, server, thread, host, server.server_port)
+
+
+def _metrics_app(exporter: MetricsExporter) -> WSGIApplication:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"gpuboard serves /metrics\n"]
+        body = exporter.exposition
+        start_response(
+            "200 OK",
+            [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
