@@ -5,6 +5,8 @@ NVML, and the run timing and reclaim events; and against no server at all."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import subprocess
 import time
@@ -12,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -220,3 +223,43 @@ def test_an_unreachable_server_leaves_metrics_answering() -> None:
         assert not any(name.startswith("gpuboard_worker_") for name, _ in taken)
         assert not any(name == "gpuboard_flow_runs" for name, _ in taken)
     assert samples[refreshed] > first[refreshed]
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "gpuboard.json"
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    # Grafana's variables, as "All" expands them.
+    return [q.replace("$instance", ".*").replace("$worker", ".*") for q in queries]
+
+
+def test_the_dashboard_shows_only_metrics_the_exporter_serves(scraped: Scraped) -> None:
+    served = set(re.findall(r"^(?:# (?:HELP|TYPE) )?(gpuboard_\w+)", scraped.text, re.M))
+    used = {name for query in dashboard_queries() for name in re.findall(r"gpuboard_\w+", query)}
+    assert used, "no queries found"
+    assert used <= served, f"not served: {sorted(used - served)}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_the_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"gpuboard:dashboard_query_{n}", "expr": query}
+                    for n, query in enumerate(dashboard_queries())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
