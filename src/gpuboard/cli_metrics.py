@@ -86,13 +86,12 @@ def _metrics(args: argparse.Namespace) -> int:
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    # Bound first: a port in use fails at once (OSError: one line from cli.main), before
+    # any read. Until the first refresh, which start() waits for, it serves no metrics.
+    server = serve_metrics(exporter, args.host, args.port)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server = serve_metrics(exporter.start(), args.host, args.port)
-    except BaseException:
-        exporter.stop()
-        raise
-    try:
+        exporter.start()
         print(
             f"serving metrics of pool {args.pool!r} ({api_url}) on {server.url}; Ctrl-C stops",
             file=sys.stderr,
