@@ -43,6 +43,7 @@ REPORTED_RUNS = 60
 
 @dataclass(frozen=True)
 class Scraped:
+    url: str  # the endpoint, serving until the module's tests end
     worker: str
     text: str
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -138,7 +139,7 @@ def scraped(prefect_server: LocalServer) -> Iterator[Scraped]:
             server,
             lambda s: s.get(count_key) == REPORTED_RUNS and s.get(reclaim_key) == 1,
         )
-        yield Scraped(worker, text, parse(text), inference_s)
+        yield Scraped(server.url, worker, text, parse(text), inference_s)
     finally:
         server.close()
 
@@ -263,3 +264,45 @@ def test_the_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed")
+def test_a_real_prometheus_scrapes_the_endpoint_and_answers_a_query(
+    scraped: Scraped, tmp_path: Path
+) -> None:
+    target = scraped.url.removeprefix("http://").removesuffix("/metrics")
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "gpuboard", "static_configs": [{"targets": [target]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    web = f"127.0.0.1:{free_port()}"
+    log = (tmp_path / "prometheus.log").open("w")
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address={web}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    query = f'gpuboard_worker_gpu_slots_limit{{job="gpuboard",worker="{scraped.worker}"}}'
+    try:
+        deadline = time.monotonic() + 60
+        result: list[dict[str, object]] = []
+        while not result and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                answer = httpx.get(f"http://{web}/api/v1/query", params={"query": query})
+            except httpx.TransportError:
+                continue  # not listening yet
+            if answer.status_code == 200:
+                result = answer.json()["data"]["result"]
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        log.close()
+    assert result, (tmp_path / "prometheus.log").read_text()[-2000:]
+    assert [float(r["value"][1]) for r in result] == [3.0]  # type: ignore[index]
