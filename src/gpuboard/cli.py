@@ -1,5 +1,6 @@
 """The `gpuboard` command: the dashboard, and the subcommands up, worker, submit, cancel,
-retry, logs, limit and status (drain, undrain and why: cli_drain.py)."""
+retry, logs, limit and status (drain, undrain and why: cli_drain.py; metrics:
+cli_metrics.py)."""
 
 from __future__ import annotations
 
@@ -442,15 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(parser=status)
 
     from gpuboard.cli_drain import add_drain_commands
+    from gpuboard.cli_metrics import add_metrics_command
 
     parser.set_defaults(
-        extra_handlers=add_drain_commands(
-            commands,
-            worker_id=_worker_id,
-            add_pool=_add_pool,
-            add_api_url=_add_api_url,
-            add_read_only=_add_read_only,
-        )
+        extra_handlers={
+            **add_drain_commands(
+                commands,
+                worker_id=_worker_id,
+                add_pool=_add_pool,
+                add_api_url=_add_api_url,
+                add_read_only=_add_read_only,
+            ),
+            **add_metrics_command(
+                commands, add_pool=_add_pool, add_api_url=_add_api_url, seconds=_seconds
+            ),
+        }
     )
     return parser
 

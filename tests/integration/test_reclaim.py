@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
 from uuid import UUID
@@ -30,6 +31,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from gpuboard.core.config import gcl_name
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.client import async_client
+from gpuboard.core.prefect.events import read_recent
 from gpuboard.core.prefect.leases import LeaseRecord, list_leases
 from gpuboard.core.prefect.run_health import StateMark
 from gpuboard.core.prefect.slots import read_gcl_now
@@ -42,6 +44,7 @@ from gpuboard.core.reclaim import (
     reclaim_lease,
     reclaim_once,
 )
+from gpuboard.core.reclaim_events import EVENT_NAME as RECLAIM_EVENT
 
 T = TypeVar("T")
 
@@ -260,6 +263,22 @@ def test_a_sigkilled_holders_slot_is_back_in_seconds(holders: Holders) -> None:
     other = holders.other
     assert active_slots(other.worker) == 1
     assert [r.lease_id for r in records(other.worker)] == [other.record.lease_id]
+    # Each slot that came back is published for `gpuboard metrics` to count (the events
+    # persister makes them readable within seconds).
+    wanted = {str(h.record.lease_id): h.worker for h in doomed.values()}
+    wait_for("the reclaim events", lambda: reclaim_events(wanted) == wanted, 30)
+
+
+def reclaim_events(wanted: dict[str, str]) -> dict[str, str]:
+    """{lease id: worker} of the `gpuboard.slot.reclaimed` events of the last 10 minutes
+    that are about the leases in `wanted`."""
+    since = datetime.now(timezone.utc) - timedelta(minutes=10)
+    events = api(lambda c: read_recent(c, RECLAIM_EVENT, since))
+    return {
+        e.payload["lease_id"]: e.payload["worker"]
+        for e in events
+        if e.payload.get("lease_id") in wanted
+    }
 
 
 def test_a_live_holders_slot_is_never_released(holders: Holders) -> None:

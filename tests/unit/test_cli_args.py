@@ -44,6 +44,9 @@ from gpuboard.cli import build_parser, main
         (["up", "--refresh", "0"], "seconds"),
         (["--refresh", "abc"], "number of seconds"),
         (["frobnicate"], "invalid choice"),
+        (["metrics", "--port", "0"], "1-65535"),
+        (["metrics", "--port", "http"], "not a port number"),
+        (["metrics", "--interval", "0"], "seconds"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
@@ -60,7 +63,7 @@ def test_help_names_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for command in ("up", "worker", "submit", "cancel", "limit", "status"):
+    for command in ("up", "worker", "submit", "cancel", "limit", "status", "metrics"):
         assert f"\n    {command} " in out
 
 
@@ -126,3 +129,17 @@ def test_read_only_from_the_environment(
         main(["submit", "--count", "2"])
     assert exited.value.code == 2
     assert "GPUBOARD_READ_ONLY" in capsys.readouterr().err
+
+
+def test_metrics_on_a_port_in_use_exits_1_with_a_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        status = main(["metrics", "--port", port, "--api-url", "http://127.0.0.1:9/api"])
+    assert status == 1
+    assert "Address already in use" in capsys.readouterr().err

@@ -42,6 +42,7 @@ from gpuboard.core.reclaim import (
     reclaim_lease,
     reschedule_stuck_run,
 )
+from gpuboard.core.reclaim_events import publish_reclaim
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,8 @@ async def release_silent_host_slot(
             release = Release(lease_id, flow_run_id, reason, None, f"release failed: {exc}")
         else:
             release = Release(lease_id, flow_run_id, reason, was_held=was_held)
+            if was_held:
+                await publish_reclaim(client, gcl, lease_id, flow_run_id, reason)
     record_action(
         "lease.release",
         f"{target} of flow run {flow_run_id or '?'}",

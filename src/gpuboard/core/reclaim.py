@@ -44,6 +44,7 @@ from gpuboard.core.prefect.run_health import (
     reschedule_pending,
 )
 from gpuboard.core.process_identity import is_running, started_at
+from gpuboard.core.reclaim_events import publish_reclaim
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ async def reclaim_gcl(
     if not dry_run:
         for holder in holders:
             if holder.dead:
-                released.append(await _release(client, holder))
+                released.append(await _release(client, gcl, holder))
     try:
         # Read again only where this pass released something: else the first read stands.
         state = first_read if first_read and not released else await read_gcl(client, gcl)
@@ -224,7 +225,7 @@ async def reclaim_lease(
     holder = _holder(records[0], states, check_processes)
     if not holder.dead:
         return Release(lease_id, holder.record.flow_run_id, holder.reason, None, "holder is alive")
-    return await _release(client, holder)
+    return await _release(client, gcl, holder)
 
 
 def reclaim_once(
@@ -502,7 +503,7 @@ def _holder(record: LeaseRecord, states: HolderStates, check_processes: bool) ->
     )
 
 
-async def _release(client: PrefectClient, holder: Holder) -> Release:
+async def _release(client: PrefectClient, gcl: str, holder: Holder) -> Release:
     record = holder.record
     try:
         was_held = await release_lease(client, record.lease_id)
@@ -515,6 +516,9 @@ async def _release(client: PrefectClient, holder: Holder) -> Release:
             was_held=None,
             error=_failure(f"release lease {record.lease_id}", exc),
         )
+    if was_held:
+        # A slot came back before its lease expired: counted by `gpuboard metrics`.
+        await publish_reclaim(client, gcl, record.lease_id, record.flow_run_id, holder.reason)
     return Release(record.lease_id, record.flow_run_id, holder.reason, was_held=was_held)
 
 

@@ -1,0 +1,1 @@
+"""Prometheus metrics of what the board knows (`gpuboard metrics`)."""
