@@ -10,7 +10,8 @@
     pull steps itself (prefect.flows.load_flow_from_flow_run).
 
 Both sides deploy bench/flows/trivial.py (three tasks that return at once) with one pull
-step, `set_working_directory` to "{{ $GPUBOARD_PROJECT_DIR }}" (as prefect.yaml does),
+step, `set_working_directory` to "{{ $GPUBOARD_PROJECT_DIR }}" (as prefect.yaml did before
+the flow moved into the package: a pull step is what this bench measures),
 and run it under one stock `prefect worker start --type process --limit 3`
 (PREFECT_WORKER_QUERY_SECONDS=2). Each side gets its own fresh LocalServer (own free
 port, own temporary home) and runs after the other, in the order of --sides.

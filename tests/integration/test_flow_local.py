@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import uuid
 from pathlib import Path
@@ -20,17 +20,11 @@ from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.client import sync_client
 from gpuboard.core.prefect.slots import read_gcl_now
 
-FLOW_FILE = Path(__file__).resolve().parents[2] / "flows" / "process_image.py"
-
 
 @pytest.fixture(scope="module")
 def flow_module() -> ModuleType:
-    # flows/ is a folder of Prefect entrypoints, not a package: load it as Prefect does.
-    spec = importlib.util.spec_from_file_location("process_image_flow", FLOW_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # The module the deployment's entrypoint names (gpuboard.flows.process_image.process_image).
+    return importlib.import_module("gpuboard.flows.process_image")
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 from gpuboard.core.local_server import LocalServer
 from gpuboard.core.prefect.poll_client import poll_client
@@ -145,17 +144,17 @@ async def test_runs_left_pending_by_a_dead_worker_go_back_to_scheduled(
 
 
 def test_workers_skip_csrf_tokens_only_where_the_server_has_no_csrf_protection(
-    prefect_server: LocalServer, tmp_path: Path
+    prefect_server: LocalServer,
 ) -> None:
     options = WorkerOptions("csrf-1", "pool", runs=1, gpu_slots=1, api_url=prefect_server.api_url)
     assert server_csrf_protection(options) is False  # LocalServer: Prefect's default, off
-    env = worker_environment(options, tmp_path, {}, server_csrf=False)
+    env = worker_environment(options, {}, server_csrf=False)
     assert env[CSRF_SUPPORT_ENV] == "false"
     for unknown_or_on in (None, True):
-        env = worker_environment(options, tmp_path, {}, server_csrf=unknown_or_on)
+        env = worker_environment(options, {}, server_csrf=unknown_or_on)
         assert CSRF_SUPPORT_ENV not in env
     # A user's own setting wins.
-    env = worker_environment(options, tmp_path, {CSRF_SUPPORT_ENV: "true"}, server_csrf=False)
+    env = worker_environment(options, {CSRF_SUPPORT_ENV: "true"}, server_csrf=False)
     assert env[CSRF_SUPPORT_ENV] == "true"
     unreachable = WorkerOptions("csrf-1", "pool", 1, 1, api_url="http://127.0.0.1:9/api")
     assert server_csrf_protection(unreachable) is None

@@ -81,3 +81,17 @@ async def wait_for_final_states(
             return states
         await asyncio.sleep(2)
     raise AssertionError(f"runs not finished after {timeout:.0f}s: {states}")
+
+
+def processes_with_env(key: str, value: str) -> set[int]:
+    """Pids of this user's processes whose environment has key=value (Linux /proc): what a
+    test's stack left behind, whatever process group each put itself in."""
+    needle = f"{key}={value}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+    return found

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gpuboard.flows
 from gpuboard.core.batch import (
     BatchInputError,
     BatchReport,
@@ -92,9 +93,22 @@ def test_status_line_shows_server_workers_slots_and_runs() -> None:
     assert "NOT ANSWERING" in format_status_line(down)
 
 
-def test_project_dir_is_found_from_anywhere_in_an_editable_install(tmp_path: Path) -> None:
-    found = find_project_dir(cwd=tmp_path)
-    assert (found / "prefect.yaml").is_file() and (found / "flows" / "process_image.py").is_file()
+def test_the_project_deployed_is_the_packages_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GPUBOARD_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # the current folder plays no part
+    found = find_project_dir()
+    assert found == Path(gpuboard.flows.__file__).resolve().parent
+    assert (found / "prefect.yaml").is_file() and (found / "process_image.py").is_file()
+
+
+def test_a_project_dir_setting_with_a_prefect_yaml_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "prefect.yaml").write_text("deployments: []\n")
+    monkeypatch.setenv("GPUBOARD_PROJECT_DIR", str(tmp_path))
+    assert find_project_dir() == tmp_path.resolve()
 
 
 def test_a_wrong_project_dir_setting_is_refused(

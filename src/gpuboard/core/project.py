@@ -1,45 +1,46 @@
-"""Finds the gpuboard project folder: the one with `prefect.yaml` and `flows/`."""
+"""Finds the Prefect project gpuboard deploys: the folder that holds its `prefect.yaml`.
+
+The project ships in the package (`gpuboard/flows/`: prefect.yaml and the flows it names by
+module path), so `gpuboard up` deploys the same thing from a checkout and from an install.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import gpuboard
+import gpuboard.flows
 from gpuboard.core.config import ConfigError
 
 PROJECT_DIR_ENV = "GPUBOARD_PROJECT_DIR"
-FLOW_FILE = Path("flows") / "process_image.py"
+PREFECT_FILE = "prefect.yaml"
+
+
+def packaged_project_dir() -> Path:
+    """The project inside the installed package (in a checkout, `src/gpuboard/flows/`)."""
+    return Path(gpuboard.flows.__file__).resolve().parent
 
 
 def is_project_dir(path: Path) -> bool:
-    """True when `path` holds gpuboard's `prefect.yaml` and its flow file."""
-    return (path / "prefect.yaml").is_file() and (path / FLOW_FILE).is_file()
+    """True when `path` holds a `prefect.yaml`."""
+    return (path / PREFECT_FILE).is_file()
 
 
-def find_project_dir(cwd: Path | None = None) -> Path:
-    """The project folder: `$GPUBOARD_PROJECT_DIR`, else the current folder, else the checkout
-    this package is installed from (an editable install); ConfigError when none fits.
+def find_project_dir() -> Path:
+    """`$GPUBOARD_PROJECT_DIR` where set (a prefect.yaml of one's own, e.g. with other job
+    variables), else the project shipped in the package; ConfigError when the setting
+    names a folder without a prefect.yaml.
 
-    The flow runs read their code from this folder (prefect.yaml's pull step), so a wrong
-    guess would fail every run later: we rather fail now, saying what we looked at.
+    The current folder is not looked at: the flow runs import the installed package's
+    flows, so the deployment comes from the same installation, wherever gpuboard runs.
     """
     configured = os.environ.get(PROJECT_DIR_ENV, "").strip()
-    if configured:
-        path = Path(configured).expanduser().resolve()
-        if not is_project_dir(path):
-            raise ConfigError(
-                f"{PROJECT_DIR_ENV}={configured} has no prefect.yaml and {FLOW_FILE}: "
-                "point it at the gpuboard checkout"
-            )
-        return path
-    here = (cwd or Path.cwd()).resolve()
-    # src/gpuboard/__init__.py -> the checkout root, for `pip install -e .`
-    package_root = Path(gpuboard.__file__).resolve().parent.parent.parent
-    for candidate in (here, package_root):
-        if is_project_dir(candidate):
-            return candidate
-    raise ConfigError(
-        f"cannot find the gpuboard project (prefect.yaml and {FLOW_FILE}) in {here} "
-        f"or {package_root}: run from the gpuboard checkout or set {PROJECT_DIR_ENV}"
-    )
+    if not configured:
+        return packaged_project_dir()
+    path = Path(configured).expanduser().resolve()
+    if not is_project_dir(path):
+        raise ConfigError(
+            f"{PROJECT_DIR_ENV}={configured} has no {PREFECT_FILE}: point it at a folder "
+            f"with one, or unset it to deploy the one in the package ({packaged_project_dir()})"
+        )
+    return path

@@ -30,7 +30,7 @@ from gpuboard.core.prefect.deploy import deploy_process_image
 from gpuboard.core.prefect.gcl import ensure_gcl, read_gpu_gcls
 from gpuboard.core.prefect.pool import PoolWorker, ensure_work_pool, read_pool_workers
 from gpuboard.core.prefect.runs import count_runs_by_state
-from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
+from gpuboard.core.project import find_project_dir
 from gpuboard.core.sizing import inference_threads_per_worker
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -114,7 +114,7 @@ class Stack:
                 self.reused_workers.append(worker_id)
                 self.log(f"worker {worker_id} is already online: not starting another")
             else:
-                self._start_worker(worker_id, project_dir, gpu_index=number % gpus)
+                self._start_worker(worker_id, gpu_index=number % gpus)
         self._write_state()
 
     def wait_until_online(self, timeout: float = 120.0) -> bool:
@@ -211,7 +211,7 @@ class Stack:
         async with async_client(self.options.api_url) as client:
             return await read_pool_workers(client, self.options.pool)
 
-    def _start_worker(self, worker_id: str, project_dir: Path, gpu_index: int = 0) -> None:
+    def _start_worker(self, worker_id: str, gpu_index: int = 0) -> None:
         log_dir = self.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{worker_id}.log"
@@ -240,12 +240,14 @@ class Stack:
             "--executor",
             options.executor,
         ]
-        env = {**os.environ, "PREFECT_API_URL": options.api_url, PROJECT_DIR_ENV: str(project_dir)}
+        env = {**os.environ, "PREFECT_API_URL": options.api_url}
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
                 command,
                 env=env,
-                cwd=project_dir,
+                # Its runs import the installed flows: the worker needs no project folder,
+                # and gpuboard's home outlives wherever `up` was started.
+                cwd=self.home,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

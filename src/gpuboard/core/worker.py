@@ -41,7 +41,6 @@ from gpuboard.core.prefect.worker_process import (
     read_worker_process,
 )
 from gpuboard.core.process_identity import is_running, this_process
-from gpuboard.core.project import PROJECT_DIR_ENV, find_project_dir
 from gpuboard.core.reclaim import DEFAULT_INTERVAL_S, reclaim_forever, reschedule_orphans
 
 # Settings a gpuboard worker changes from Prefect's defaults unless the user set them.
@@ -176,7 +175,6 @@ def worker_command(options: WorkerOptions) -> list[str]:
 
 def worker_environment(
     options: WorkerOptions,
-    project_dir: Path,
     base: dict[str, str] | None = None,
     *,
     server_csrf: bool | None = None,
@@ -194,7 +192,6 @@ def worker_environment(
         env.setdefault(CSRF_SUPPORT_ENV, "false")
     env["PREFECT_API_URL"] = options.api_url
     env[WORKER_ID_ENV] = options.worker_id  # picks the GCL gpu:<id> in the flow run
-    env[PROJECT_DIR_ENV] = str(project_dir)  # prefect.yaml's pull step moves there
     env[SOCKET_ENV] = str(options.host_socket)  # the GPU step goes to the inference host
     return env
 
@@ -211,12 +208,11 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
     leave cleanly; a second signal is passed on too (Prefect then stops at once).
     """
     validate_worker_id(options.worker_id)
-    project_dir = find_project_dir()
     for note in asyncio.run(prepare_worker(options)):
         log(note)
     log(
         f"starting worker {options.worker_id} on pool {options.pool!r} "
-        f"({options.runs} runs at once) against {options.api_url}, project {project_dir}"
+        f"({options.runs} runs at once) against {options.api_url}"
     )
     # Releases, within seconds, the GPU slot of any of this worker's flow runs that dies
     # holding it (SIGKILL, OOM killer), instead of after its lease expires. Started first:
@@ -240,7 +236,7 @@ def run_worker(options: WorkerOptions, log: Callable[[str], None] = print) -> in
     ).start()
     child = subprocess.Popen(
         worker_command(options),
-        env=worker_environment(options, project_dir, server_csrf=server_csrf_protection(options)),
+        env=worker_environment(options, server_csrf=server_csrf_protection(options)),
         stdin=subprocess.DEVNULL,
         # Its own session: a terminal's Ctrl-C or a group kill reaches only us, and we pass
         # it on exactly once (Prefect treats a second SIGINT as "stop now").

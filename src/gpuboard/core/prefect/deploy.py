@@ -1,8 +1,9 @@
 """Deploys `process-image` from the project's prefect.yaml, the way an operator would.
 
-It runs `prefect deploy` in the project folder rather than rebuilding the deployment in
-Python, so prefect.yaml stays the one description of the deployment (pull step, pool,
-entrypoint) and `gpuboard up` and a hand-run `prefect deploy --all` give the same result.
+It runs `prefect deploy` in the project folder (core/project.py: the one shipped in the
+package) rather than rebuilding the deployment in Python, so prefect.yaml stays the one
+description of the deployment (module-path entrypoint, no pull step, pool) and `gpuboard up`
+and a hand-run `prefect deploy --all` give the same result.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ async def deployment_id(client: PrefectClient, full_name: str) -> UUID:
     except ObjectNotFound as exc:
         raise DeploymentMissing(
             f"deployment {full_name!r} does not exist on this server: "
-            "run `gpuboard up`, or `prefect deploy --all` in the gpuboard checkout"
+            "run `gpuboard up`, or `prefect deploy --all` with gpuboard's prefect.yaml"
         ) from exc
     return deployment.id
 

@@ -55,7 +55,7 @@ FINISHED_WINDOW = timedelta(hours=1)
 # so as soon as the heartbeat is that late instead of waiting for the server's sweep.
 MISSED_HEARTBEATS_OFFLINE = 3
 
-# The tasks of flows/process_image.py by step, matched as prefixes of task-run names
+# The tasks of gpuboard/flows/process_image.py by step, matched as prefixes of task-run names
 # (`run_ml_model-3fa`). "gpu": the GPU step, whether it holds its slot or waits for one.
 _STEP_OF_TASK: tuple[tuple[str, Step], ...] = (
     ("download_image", "download"),

@@ -57,7 +57,9 @@ WORKER_TYPE = "gpuboard-warm"
 CANCEL_POLL_S = 1.0  # how often Running runs of this worker are checked for a cancel
 STATE_EVERY_S = 10.0  # the runners' state is published this often when nothing changes
 # Modules a runner imports before it is ready: what the first run of process-image would.
-DEFAULT_PRELOAD = ("gpuboard.core.ocr_step", "gpuboard.core.images", "gpuboard.core.results")
+# The flow's module (its deployment's entrypoint) imports the pipeline's core modules, and
+# Prefect's load of the entrypoint then finds it imported already.
+DEFAULT_PRELOAD = ("gpuboard.flows.process_image",)
 
 
 class WarmWorkerResult(BaseWorkerResult):
