@@ -14,7 +14,7 @@ from support.postgres import PostgresServer, PostgresUnavailable, postgres_requi
 from support.seeding import free_port
 
 # The databases a fleet's Prefect server may sit on: tests that take `fleet_server` or
-# `database_env` run once on each. `-m "not postgres"` leaves the PostgreSQL variants out.
+# `server_database` run once on each. `-m "not postgres"` leaves the PostgreSQL variants out.
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -69,7 +69,7 @@ def prefect_server_pg(
     server = LocalServer(
         home=tmp_path_factory.mktemp("prefect-server-pg"),
         port=free_port(),
-        extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": database_url},
+        database_url=database_url,
     )
     server.start()
     yield server
@@ -99,14 +99,14 @@ def fleet_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
 
 
 @pytest.fixture(params=DATABASES)
-def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
+def server_database(request: pytest.FixtureRequest) -> str | None:
     """For a test that starts a Prefect server of its own (to stop and restart it): the
-    `LocalServer.extra_env` of the variant: nothing (SQLite in its home), then a new
+    `LocalServer.database_url` of the variant: None (SQLite in its home), then a new
     database on the session's PostgreSQL server."""
     if request.param == "sqlite":
-        return {}
+        return None
     postgres: PostgresServer = request.getfixturevalue("postgres_server")
-    return {"PREFECT_API_DATABASE_CONNECTION_URL": postgres.create_database("own")}
+    return postgres.create_database("own")
 
 
 @pytest.fixture(autouse=True)

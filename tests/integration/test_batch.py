@@ -206,7 +206,7 @@ async def test_a_server_without_bulk_creation_gets_runs_one_by_one(
 
 
 async def test_a_batch_cut_by_a_server_restart_is_completed_by_a_retry(
-    tmp_path: Path, database_env: dict[str, str]
+    tmp_path: Path, server_database: str | None
 ) -> None:
     """The server stops after the first 100 runs; the rest fail with their reason, and the
     same submit after the restart (same database: SQLite, then PostgreSQL) creates exactly
@@ -215,7 +215,7 @@ async def test_a_batch_cut_by_a_server_restart_is_completed_by_a_retry(
 
     from support.seeding import free_port
 
-    server = LocalServer(home=tmp_path / "server", port=free_port(), extra_env=database_env)
+    server = LocalServer(home=tmp_path / "server", port=free_port(), database_url=server_database)
     server.start()
     try:
         async with async_client(server.api_url) as client:

@@ -46,12 +46,12 @@ def slots_of(app: GpuBoardApp, worker: str) -> tuple[int | None, int | None]:
 
 
 async def test_board_recovers_when_its_server_stops_and_starts_again(
-    tmp_path: Path, database_env: dict[str, str]
+    tmp_path: Path, server_database: str | None
 ) -> None:
     # A server of its own: stopping the session's server would break every other test.
     # Its database: SQLite in its home, then a PostgreSQL database that outlives it.
     home, port = tmp_path / "server", free_port()
-    server = LocalServer(home=home, port=port, extra_env=database_env)
+    server = LocalServer(home=home, port=port, database_url=server_database)
     server.start()
     pool, worker = unique("outage"), "gpu-o"
     gcl = f"gpu:{worker}"
@@ -89,7 +89,7 @@ async def test_board_recovers_when_its_server_stops_and_starts_again(
             assert banner.has_class("-visible") and slots_of(app, worker) == (1, 3)
 
             # Same home (same database), same port: the board was never told anything.
-            restarted = LocalServer(home=home, port=port, extra_env=database_env)
+            restarted = LocalServer(home=home, port=port, database_url=server_database)
             server = restarted
             starting = time.monotonic()
             await asyncio.to_thread(restarted.start)
