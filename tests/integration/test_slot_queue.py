@@ -165,8 +165,8 @@ async def test_a_new_limit_widens_concurrency_without_reload(client: PrefectClie
 
 async def test_a_slot_paused_while_held_is_released_after_resume(client: PrefectClient) -> None:
     """Prefect 3.9 refuses the release at limit 0 (SQLite 409, PostgreSQL 503); the work
-    is not failed for it,
-    and the slot is given back once the limit is above 0 again, not only at lease expiry."""
+    is not failed for it, and the slot is given back once the limit is above 0 again, not
+    only at lease expiry."""
     queue, dispatcher = await new_queue(client, limit=1)
     grant = await queue.take(1, None, None)
     await set_limit(client, queue, 0)
