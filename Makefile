@@ -1,5 +1,7 @@
 # The two set-up commands of the README: `make run` and `make test`. Each makes its own
-# virtual environment in .venv (Python >= 3.10 and pip are all a fresh machine needs).
+# virtual environment in .venv (Python >= 3.10 and pip are all a fresh machine needs);
+# `make test` also installs Debian's postgresql package when it can (root or sudo) and
+# no PostgreSQL server is there (scripts/ensure-postgres).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,6 +19,7 @@ run: $(STAMP)  ## install, then bring up the embedded stack and open the dashboa
 	$(BIN)/gpuboard up $(ARGS)
 
 test: $(STAMP)  ## install, then run the whole test suite
+	scripts/ensure-postgres  # PostgreSQL's server for the tests' PostgreSQL variants
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -113,6 +113,15 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _database_url(text: str) -> str:
+    from gpuboard.core.database import DatabaseUrlError, normalize_database_url
+
+    try:
+        return normalize_database_url(text)
+    except DatabaseUrlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _tag(text: str) -> str:
     tag = text.strip()
     if not tag:
@@ -161,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="start the embedded stack (server, pool, GCLs, deployment, workers) and watch it",
         description=(
-            "Start what is missing of the embedded stack: a local Prefect server on SQLite "
-            "(when none answers at --api-url), the work pool, the GCLs gpu:gpu-1..N (an "
-            "existing limit is never changed), the process-image deployment and N local "
-            "workers (a worker already online is not started again); then open the dashboard. "
+            "Start what is missing of the embedded stack: a local Prefect server on SQLite, "
+            "or on --database (when none answers at --api-url), the work pool, the GCLs "
+            "gpu:gpu-1..N (an existing limit is never changed), the process-image deployment "
+            "and N local workers (a worker already online is not started again); then open "
+            "the dashboard. "
             "Ctrl-C or SIGTERM stops exactly what this command started."
         ),
     )
@@ -204,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="dashboard or status line refresh interval (default: 5)",
+    )
+    up.add_argument(
+        "--database",
+        type=_database_url,
+        metavar="URL",
+        help="run the server this command starts on that database, e.g. "
+        "postgresql+asyncpg://USER:PASSWORD@HOST:5432/prefect (default: "
+        "PREFECT_API_DATABASE_CONNECTION_URL, else SQLite in $GPUBOARD_HOME/server)",
     )
     _add_pool(up)
     _add_api_url(up)
@@ -562,10 +580,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from gpuboard.core.database import database_url_from_env
     from gpuboard.core.sizing import default_runs_per_worker
     from gpuboard.core.stack import Stack, StackOptions, print_status_lines, run_stack
 
     options = StackOptions(
+        database_url=args.database or database_url_from_env(),
         workers=args.workers,
         gpu_slots=args.gpu_slots,
         runs=args.runs or default_runs_per_worker(args.gpu_slots, args.workers),

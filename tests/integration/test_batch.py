@@ -19,11 +19,11 @@ from gpuboard.core.prefect.runs import DeploymentMissing
 
 
 @pytest.fixture
-async def deployment(prefect_server: LocalServer) -> tuple[str, uuid.UUID]:
+async def deployment(fleet_server: LocalServer) -> tuple[str, uuid.UUID]:
     """A process-image deployment of its own, on a pool no worker polls: its runs stay
     scheduled and no other test's worker can take them."""
     suffix = uuid.uuid4().hex[:8]
-    async with async_client(prefect_server.api_url) as client:
+    async with async_client(fleet_server.api_url) as client:
         pool = f"batch-{suffix}"
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow_from_name("process-image")
@@ -62,10 +62,10 @@ async def runs_of(api_url: str, deployment_id: uuid.UUID) -> dict[int, uuid.UUID
 
 
 async def test_a_repeated_submit_creates_only_what_is_missing(
-    prefect_server: LocalServer, deployment: tuple[str, uuid.UUID], isolated_home: Path
+    fleet_server: LocalServer, deployment: tuple[str, uuid.UUID], isolated_home: Path
 ) -> None:
     name, deployment_id = deployment
-    url = prefect_server.api_url
+    url = fleet_server.api_url
     progress: list[int] = []
 
     first = await submit_batch(
@@ -141,10 +141,10 @@ async def test_a_run_the_server_refuses_fails_alone_with_its_reason(
 
 
 async def test_tags_are_set_on_new_runs_and_read_only_sends_nothing(
-    prefect_server: LocalServer, deployment: tuple[str, uuid.UUID], isolated_home: Path
+    fleet_server: LocalServer, deployment: tuple[str, uuid.UUID], isolated_home: Path
 ) -> None:
     name, deployment_id = deployment
-    url = prefect_server.api_url
+    url = fleet_server.api_url
     report = await submit_batch(
         [3, 4], api_url=url, deployment=name, batch="tagged", tags=["night", " urgent ", "night"]
     )
@@ -166,12 +166,12 @@ async def test_tags_are_set_on_new_runs_and_read_only_sends_nothing(
 
 
 async def test_two_submits_of_one_batch_at_once_create_each_run_once(
-    prefect_server: LocalServer, deployment: tuple[str, uuid.UUID]
+    fleet_server: LocalServer, deployment: tuple[str, uuid.UUID]
 ) -> None:
     """Each new run carries its submission's marker: of two racing submits exactly one
     reports a run as created, the other as existing (or failed, retried below)."""
     name, deployment_id = deployment
-    url = prefect_server.api_url
+    url = fleet_server.api_url
     first, second = await asyncio.gather(
         submit_batch(range(1, 61), api_url=url, deployment=name, batch="race"),
         submit_batch(range(31, 91), api_url=url, deployment=name, batch="race"),
@@ -186,7 +186,7 @@ async def test_two_submits_of_one_batch_at_once_create_each_run_once(
 
 
 async def test_a_server_without_bulk_creation_gets_runs_one_by_one(
-    prefect_server: LocalServer,
+    fleet_server: LocalServer,
     deployment: tuple[str, uuid.UUID],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -200,21 +200,22 @@ async def test_a_server_without_bulk_creation_gets_runs_one_by_one(
 
     monkeypatch.setattr(batch_module, "create_runs_bulk", no_bulk)
     name, deployment_id = deployment
-    report = await submit_batch([1, 2, 3], api_url=prefect_server.api_url, deployment=name)
+    report = await submit_batch([1, 2, 3], api_url=fleet_server.api_url, deployment=name)
     assert report.created == [1, 2, 3]
-    assert sorted(await runs_of(prefect_server.api_url, deployment_id)) == [1, 2, 3]
+    assert sorted(await runs_of(fleet_server.api_url, deployment_id)) == [1, 2, 3]
 
 
 async def test_a_batch_cut_by_a_server_restart_is_completed_by_a_retry(
-    tmp_path: Path,
+    tmp_path: Path, server_database: str | None
 ) -> None:
     """The server stops after the first 100 runs; the rest fail with their reason, and the
-    same submit after the restart creates exactly those."""
+    same submit after the restart (same database: SQLite, then PostgreSQL) creates exactly
+    those."""
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     from support.seeding import free_port
 
-    server = LocalServer(home=tmp_path / "server", port=free_port())
+    server = LocalServer(home=tmp_path / "server", port=free_port(), database_url=server_database)
     server.start()
     try:
         async with async_client(server.api_url) as client:

@@ -26,14 +26,14 @@ from support.seeding import (
 
 
 async def test_one_refresh_costs_the_same_requests_however_many_runs(
-    prefect_server: LocalServer,
+    fleet_server: LocalServer,
 ) -> None:
     pool, worker = f"cost-{uuid.uuid4().hex[:6]}", f"w-{uuid.uuid4().hex[:6]}"
     # Every part read on every refresh here; by default the last hour's part is read every
     # FINISHED_EVERY seconds only.
     # Host states polled on every read (no events websocket): a fixed count too.
-    source = BoardSource(pool, prefect_server.api_url, finished_every=0, follow_hosts=False)
-    async with poll_client(prefect_server.api_url) as client:
+    source = BoardSource(pool, fleet_server.api_url, finished_every=0, follow_hosts=False)
+    async with poll_client(fleet_server.api_url) as client:
         await create_pool(client, pool)
         await heartbeat(client, pool, worker)
         await create_gcl(client, f"gpu:{worker}", 2)
@@ -63,7 +63,7 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
 
     # The usual board follows host states on the events websocket: once it is connected,
     # a refresh reads them through the API only every POLL_EVERY_S.
-    usual = BoardSource(pool, prefect_server.api_url)
+    usual = BoardSource(pool, fleet_server.api_url)
     await usual.read()
     deadline = time.monotonic() + 20
     while not usual.host_feed.stream_up:
@@ -75,7 +75,7 @@ async def test_one_refresh_costs_the_same_requests_however_many_runs(
     assert second.runs is not None and second.runs.completed == 30  # shown again, not lost
 
 
-async def test_gpu_readings_travel_as_events_and_age(prefect_server: LocalServer) -> None:
+async def test_gpu_readings_travel_as_events_and_age(fleet_server: LocalServer) -> None:
     fresh_worker, old_worker = f"fresh-{uuid.uuid4().hex[:6]}", f"old-{uuid.uuid4().hex[:6]}"
     fake = FakeNvml([FakeGpu(memory_used=12 * GIB, processes=[(77, 3 * GIB)])])
     now = time.time()
@@ -83,7 +83,7 @@ async def test_gpu_readings_travel_as_events_and_age(prefect_server: LocalServer
     old = GpuReading(
         "node-b", now - GPU_READING_STALE_AFTER - 30, unavailable="NVML not available: x"
     )
-    async with poll_client(prefect_server.api_url) as client:
+    async with poll_client(fleet_server.api_url) as client:
         await publish_reading(client, fresh_worker, fresh)
         await publish_reading(client, old_worker, old)
         readings: dict[str, GpuReading] = {}

@@ -9,9 +9,9 @@ from gpuboard.core.prefect.client import async_client
 from gpuboard.core.prefect.gcl import ensure_gcl, read_gcl, read_gpu_gcls, set_gcl_limit
 
 
-async def test_ensure_creates_then_never_overwrites(prefect_server: LocalServer) -> None:
+async def test_ensure_creates_then_never_overwrites(fleet_server: LocalServer) -> None:
     name = f"gpu:test-{uuid.uuid4().hex[:8]}"
-    async with async_client(prefect_server.api_url) as client:
+    async with async_client(fleet_server.api_url) as client:
         assert await read_gcl(client, name) is None
         state, created = await ensure_gcl(client, name, 2)
         assert created and state.limit == 2 and state.active_slots == 0

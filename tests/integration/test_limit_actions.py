@@ -17,10 +17,10 @@ from gpuboard.core.prefect.gcl import ensure_gcl, read_gcl
 
 
 async def test_pause_then_resume_restores_the_limit(
-    prefect_server: LocalServer, isolated_home: Path
+    fleet_server: LocalServer, isolated_home: Path
 ) -> None:
     worker = f"w-{uuid.uuid4().hex[:6]}"
-    async with async_client(prefect_server.api_url) as client:
+    async with async_client(fleet_server.api_url) as client:
         await ensure_gcl(client, f"gpu:{worker}", 3)
         outcome = await change_worker_limit(client, worker, parse_limit_change("+1"))
         assert (outcome.before, outcome.after.limit) == (3, 4)
@@ -34,9 +34,9 @@ async def test_pause_then_resume_restores_the_limit(
     assert [(e["before"], e["after"]) for e in entries] == [(3, 4), (4, 0), (0, 4)]
 
 
-async def test_refused_changes_leave_the_server_alone(prefect_server: LocalServer) -> None:
+async def test_refused_changes_leave_the_server_alone(fleet_server: LocalServer) -> None:
     worker = f"w-{uuid.uuid4().hex[:6]}"
-    async with async_client(prefect_server.api_url) as client:
+    async with async_client(fleet_server.api_url) as client:
         await ensure_gcl(client, f"gpu:{worker}", 1)
         with pytest.raises(LimitInputError, match="between 0 and"):
             await change_worker_limit(client, worker, parse_limit_change("-2"))
@@ -49,7 +49,7 @@ async def test_refused_changes_leave_the_server_alone(prefect_server: LocalServe
 
 
 def test_cli_limit_changes_the_server(
-    prefect_server: LocalServer, capsys: pytest.CaptureFixture[str]
+    fleet_server: LocalServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import asyncio
 
@@ -58,7 +58,7 @@ def test_cli_limit_changes_the_server(
     worker = f"w-{uuid.uuid4().hex[:6]}"
 
     async def setup_and_read(limit: int | None = None) -> int:
-        async with async_client(prefect_server.api_url) as client:
+        async with async_client(fleet_server.api_url) as client:
             if limit is not None:
                 await ensure_gcl(client, f"gpu:{worker}", limit)
             state = await read_gcl(client, f"gpu:{worker}")
@@ -66,14 +66,14 @@ def test_cli_limit_changes_the_server(
             return state.limit
 
     asyncio.run(setup_and_read(2))
-    assert main(["limit", worker, "+1", "--api-url", prefect_server.api_url]) == 0
+    assert main(["limit", worker, "+1", "--api-url", fleet_server.api_url]) == 0
     assert asyncio.run(setup_and_read()) == 3
-    assert main(["limit", worker, "pause", "--api-url", prefect_server.api_url]) == 0
+    assert main(["limit", worker, "pause", "--api-url", fleet_server.api_url]) == 0
     assert "paused" in capsys.readouterr().out
     assert asyncio.run(setup_and_read()) == 0
-    assert main(["limit", worker, "resume", "--api-url", prefect_server.api_url]) == 0
+    assert main(["limit", worker, "resume", "--api-url", fleet_server.api_url]) == 0
     assert asyncio.run(setup_and_read()) == 3
     with pytest.raises(SystemExit) as exit_info:
-        main(["limit", worker, "lots", "--api-url", prefect_server.api_url])
+        main(["limit", worker, "lots", "--api-url", fleet_server.api_url])
     assert exit_info.value.code == 2
     assert asyncio.run(setup_and_read()) == 3

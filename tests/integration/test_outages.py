@@ -45,10 +45,13 @@ def slots_of(app: GpuBoardApp, worker: str) -> tuple[int | None, int | None]:
     return (None, None) if view is None else (view.active_slots, view.limit)
 
 
-async def test_board_recovers_when_its_server_stops_and_starts_again(tmp_path: Path) -> None:
+async def test_board_recovers_when_its_server_stops_and_starts_again(
+    tmp_path: Path, server_database: str | None
+) -> None:
     # A server of its own: stopping the session's server would break every other test.
+    # Its database: SQLite in its home, then a PostgreSQL database that outlives it.
     home, port = tmp_path / "server", free_port()
-    server = LocalServer(home=home, port=port)
+    server = LocalServer(home=home, port=port, database_url=server_database)
     server.start()
     pool, worker = unique("outage"), "gpu-o"
     gcl = f"gpu:{worker}"
@@ -86,7 +89,7 @@ async def test_board_recovers_when_its_server_stops_and_starts_again(tmp_path: P
             assert banner.has_class("-visible") and slots_of(app, worker) == (1, 3)
 
             # Same home (same database), same port: the board was never told anything.
-            restarted = LocalServer(home=home, port=port)
+            restarted = LocalServer(home=home, port=port, database_url=server_database)
             server = restarted
             starting = time.monotonic()
             await asyncio.to_thread(restarted.start)

@@ -98,7 +98,7 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
     return condition()
 
 
-def test_slot_is_held_inside_and_released_after(prefect_server: LocalServer) -> None:
+def test_slot_is_held_inside_and_released_after(fleet_server: LocalServer) -> None:
     worker = new_worker(limit=2)
     with gpu_slot(worker) as grant:
         assert grant.name == f"gpu:{worker}" and 0 <= grant.wait_s < 5
@@ -142,7 +142,7 @@ def test_disabled_gcl_fails_instead_of_running_unlimited(prefect_server: LocalSe
 
 
 def test_limit_zero_waits_until_raised(
-    prefect_server: LocalServer, caplog: pytest.LogCaptureFixture
+    fleet_server: LocalServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     worker = new_worker(limit=0)
     caplog.set_level(logging.INFO, logger="gpuboard.core.slot")
@@ -194,7 +194,7 @@ def test_gcl_deleted_while_paused_fails(prefect_server: LocalServer) -> None:
     assert isinstance(taker.error, GpuSlotError) and "does not exist" in str(taker.error)
 
 
-def test_one_slot_is_never_held_twice_at_once(prefect_server: LocalServer) -> None:
+def test_one_slot_is_never_held_twice_at_once(fleet_server: LocalServer) -> None:
     worker = new_worker(limit=1)
     takers = [SlotThread(worker, hold_s=0.4) for _ in range(3)]
     for taker in takers:
@@ -207,9 +207,9 @@ def test_one_slot_is_never_held_twice_at_once(prefect_server: LocalServer) -> No
         assert later_start >= earlier_end
 
 
-def test_the_task_run_is_recorded_as_holder(prefect_server: LocalServer) -> None:
+def test_the_task_run_is_recorded_as_holder(fleet_server: LocalServer) -> None:
     worker = new_worker(limit=1)
-    leases = Path(prefect_server.home) / "concurrency_leases"
+    leases = Path(fleet_server.home) / "concurrency_leases"
 
     @task(cache_policy=NO_CACHE, persist_result=False)
     def hold() -> tuple[str, list[dict[str, Any]]]:
@@ -231,7 +231,7 @@ def test_the_task_run_is_recorded_as_holder(prefect_server: LocalServer) -> None
     assert {"type": "task_run", "id": task_run_id} in holders
 
 
-def test_a_waiter_on_a_full_gcl_follows_a_pause_and_a_resume(prefect_server: LocalServer) -> None:
+def test_a_waiter_on_a_full_gcl_follows_a_pause_and_a_resume(fleet_server: LocalServer) -> None:
     # The waiter is refused (423, full) and asks again by itself; when the operator pauses
     # the GCL meanwhile it waits as paused, and takes the slot once the GCL is raised.
     worker = new_worker(limit=1)
@@ -285,7 +285,7 @@ def test_handoff_delay_grows_to_a_bound_with_jitter() -> None:
 
 @pytest.mark.parametrize("limit", [1, 2])
 def test_a_waiter_takes_a_released_slot_and_the_server_counts_it(
-    prefect_server: LocalServer, limit: int
+    fleet_server: LocalServer, limit: int
 ) -> None:
     # Every slot is held; the waiter is refused (423) and asks again by itself. When one
     # holder leaves, the waiter gets that slot: the server counts `limit` slots again

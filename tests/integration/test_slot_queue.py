@@ -29,9 +29,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
-async def client(prefect_server: LocalServer) -> AsyncIterator[PrefectClient]:
+async def client(fleet_server: LocalServer) -> AsyncIterator[PrefectClient]:
     with NoRetries()():
-        async with async_client(prefect_server.api_url) as opened:
+        async with async_client(fleet_server.api_url) as opened:
             yield opened
 
 
@@ -121,13 +121,13 @@ async def test_requests_are_served_in_order_never_beyond_the_limit(
 
 
 async def test_the_lease_names_the_requesting_task_run(
-    client: PrefectClient, prefect_server: LocalServer
+    client: PrefectClient, fleet_server: LocalServer
 ) -> None:
     queue, dispatcher = await new_queue(client, limit=1)
     task_run = uuid.uuid4()
     grant = await queue.take(5, task_run, uuid.uuid4())
     # Prefect's own record of the lease (its filesystem lease storage) names the holder.
-    lease_file = Path(prefect_server.home) / "concurrency_leases" / f"{grant.holder.lease_id}.json"
+    lease_file = Path(fleet_server.home) / "concurrency_leases" / f"{grant.holder.lease_id}.json"
     holder = json.loads(lease_file.read_text())["metadata"]["holder"]
     assert holder == {"type": "task_run", "id": str(task_run)}
     assert [h.task_run_id for h in queue.state.holders] == [task_run]
@@ -164,8 +164,9 @@ async def test_a_new_limit_widens_concurrency_without_reload(client: PrefectClie
 
 
 async def test_a_slot_paused_while_held_is_released_after_resume(client: PrefectClient) -> None:
-    """Prefect 3.9 refuses the release at limit 0 (409); the work is not failed for it,
-    and the slot is given back once the limit is above 0 again, not only at lease expiry."""
+    """Prefect 3.9 refuses the release at limit 0 (SQLite 409, PostgreSQL 503); the work
+    is not failed for it, and the slot is given back once the limit is above 0 again, not
+    only at lease expiry."""
     queue, dispatcher = await new_queue(client, limit=1)
     grant = await queue.take(1, None, None)
     await set_limit(client, queue, 0)

@@ -1,4 +1,5 @@
-"""Starts, health-checks and stops a local Prefect server on SQLite (embedded stack, tests)."""
+"""Starts, health-checks and stops a local Prefect server (embedded stack, tests): on SQLite
+in its home by default, or on the database a URL names (PostgreSQL for a fleet)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,16 @@ _THROUGHPUT_SETTINGS = {
 }
 
 
-def server_env(home: Path) -> dict[str, str]:
-    """Environment for a local server whose database and state live under `home`."""
+def server_env(home: Path, database_url: str | None = None) -> dict[str, str]:
+    """Environment for a local server whose state lives under `home`, its database too
+    unless `database_url` names one (postgresql+asyncpg://...)."""
+    database = database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
     return {
         "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        # Both of Prefect's names: the SERVER one wins when both are set, and one left in
+        # the caller's environment must not point the server elsewhere.
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
+        "PREFECT_API_DATABASE_CONNECTION_URL": database,
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": _LEASE_STORAGE,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
@@ -73,6 +79,7 @@ class LocalServer:
     home: Path
     port: int
     host: str = "127.0.0.1"
+    database_url: str | None = None  # None: SQLite in `home`
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -87,7 +94,7 @@ class LocalServer:
     def start(self, timeout: float = 90.0) -> None:
         """Start the server and wait until it answers; raise with its log tail if it does not."""
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **server_env(self.home), **self.extra_env}
+        env = {**os.environ, **server_env(self.home, self.database_url), **self.extra_env}
         env.pop("PREFECT_API_URL", None)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

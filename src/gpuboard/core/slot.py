@@ -19,6 +19,7 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError  # publi
 
 from gpuboard.core.config import current_worker_id, gcl_name
 from gpuboard.core.models import GclState
+from gpuboard.core.prefect.poll_client import NoRetries
 from gpuboard.core.prefect.slot_lease import recorded_concurrency
 from gpuboard.core.prefect.slots import current_holder, read_gcl_now
 
@@ -70,7 +71,7 @@ def gpu_slot(
     full_retries = 0
     work_done = False
     try:
-        with ExitStack() as held:
+        with ExitStack() as release_settings, ExitStack() as held:
             while True:
                 # The GCL is read before the first try and after a refusal that may mean a
                 # pause; a full GCL (423) is simply asked again, with no read in between.
@@ -108,13 +109,19 @@ def gpu_slot(
                 log.info("GPU slot %s: resumed, slot taken", name)
             yield SlotGrant(name=name, wait_s=time.monotonic() - asked)
             work_done = True
+            if _paused_now(name):
+                # The release below will be refused (see the except clause). PostgreSQL
+                # answers it 503, which Prefect's client retries for about 4 minutes
+                # (measured): ask once. `release_settings` is left after `held`.
+                release_settings.enter_context(NoRetries()())
     except httpx.HTTPStatusError as exc:
         if not (work_done and _release_refused_while_paused(exc, name)):
             raise
         # Prefect 3.9 divides by the limit when it releases a slot, so a slot held
-        # when its GCL was paused (limit 0) cannot be released (409). The work is done
-        # and must not fail for it: the lease, no longer renewed, expires within
-        # LEASE_SECONDS and the server frees the slot then (once the limit is above 0).
+        # when its GCL was paused (limit 0) cannot be released (SQLite: 409; PostgreSQL:
+        # division by zero, answered 503). The work is done and must not fail for it:
+        # the lease, no longer renewed, expires within LEASE_SECONDS and the server
+        # frees the slot then (once the limit is above 0).
         log.warning(
             "GPU slot %s was paused while held: Prefect cannot release it at limit 0; "
             "it frees itself when its lease expires (at most %.0f s after resume)",
@@ -159,8 +166,12 @@ def _check_usable(state: GclState | None, name: str, worker: str) -> GclState:
 
 
 def _release_refused_while_paused(exc: httpx.HTTPStatusError, name: str) -> bool:
-    if exc.response.status_code != 409 or "decrement" not in str(exc.request.url):
+    if exc.response.status_code not in (409, 503) or "decrement" not in str(exc.request.url):
         return False
+    return _paused_now(name)
+
+
+def _paused_now(name: str) -> bool:
     state = read_gcl_now(name)
     return state is not None and state.limit == 0
 

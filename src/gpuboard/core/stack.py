@@ -22,6 +22,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from gpuboard.core.config import DEFAULT_POOL, EMBEDDED_API_URL, gcl_name, gpuboard_home
+from gpuboard.core.database import (
+    DatabaseUnreachable,
+    check_database,
+    describe_database,
+    redacted,
+)
 from gpuboard.core.inference import nvidia_gpu_count
 from gpuboard.core.local_server import LocalServer, api_is_healthy
 from gpuboard.core.models import GclState
@@ -53,6 +59,9 @@ class StackOptions:
     pool: str = DEFAULT_POOL
     api_url: str = EMBEDDED_API_URL
     executor: str = "warm"  # how its workers run flow runs: "warm" runners or a "process" each
+    # The database of a server started here (normalized, see core/database.py); None:
+    # SQLite under GPUBOARD_HOME. A server that already answers keeps its own.
+    database_url: str | None = None
 
     @property
     def worker_ids(self) -> list[str]:
@@ -185,8 +194,14 @@ class Stack:
 
     def _ensure_server(self) -> None:
         url = self.options.api_url
+        database_url = self.options.database_url
         if api_is_healthy(url):
             self.log(f"Prefect server answers at {url}: using it")
+            if database_url is not None:
+                self.log(
+                    f"note: it keeps its own database; {describe_database(database_url)} "
+                    "is used only by a server this command starts"
+                )
             return
         parsed = urlparse(url)
         if parsed.hostname not in _LOOPBACK or parsed.port is None:
@@ -194,8 +209,20 @@ class Stack:
                 f"no Prefect server answers at {url}, and gpuboard starts one only on this "
                 "machine at an explicit port (http://127.0.0.1:<port>/api)"
             )
-        self.log(f"starting a Prefect server at {url} (data in {self.home / 'server'})")
-        self.server = LocalServer(home=self.home / "server", port=parsed.port)
+        if database_url is None:
+            self.log(f"starting a Prefect server at {url} (data in {self.home / 'server'})")
+        else:
+            try:
+                check_database(database_url)
+            except DatabaseUnreachable as exc:
+                raise StackError(f"cannot start a Prefect server on that database: {exc}") from None
+            self.log(
+                f"starting a Prefect server at {url} on {describe_database(database_url)} "
+                f"(its log in {self.home / 'server'})"
+            )
+        self.server = LocalServer(
+            home=self.home / "server", port=parsed.port, database_url=database_url
+        )
         self.server.start()
         self._write_state()
 
@@ -279,6 +306,9 @@ class Stack:
             "pid": os.getpid(),
             "api_url": self.options.api_url,
             "server_pid": self.server.process.pid if self.server and self.server.process else None,
+            "database": (
+                redacted(self.options.database_url) if self.options.database_url else "sqlite"
+            ),
             "workers": {w.worker_id: w.process.pid for w in self.workers.values()},
             "reused_workers": self.reused_workers,
         }

@@ -295,6 +295,10 @@ class SlotQueue:
                 outcome = await leased_slots.release(self._client, lease_id)
             except Exception as exc:
                 if attempt == 4:
+                    if _http_status(exc) == 503:
+                        # On PostgreSQL a release at limit 0 is a division by zero that
+                        # the server answers 503, not 409: kept for after the resume too.
+                        self._unreleased[lease_id] = time.monotonic()
                     # The lease is no longer renewed: the server frees it when it expires.
                     log.warning(
                         "could not release GPU slot lease %s of %s (%s): it frees itself "
@@ -384,3 +388,8 @@ def _describe(exc: BaseException) -> str:
     if response is not None:
         return f"server answered {response.status_code}: {' '.join(response.text[:200].split())}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
