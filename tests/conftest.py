@@ -12,6 +12,7 @@ import pytest
 from gpuboard.core.local_server import LocalServer
 from support.postgres import PostgresServer, PostgresUnavailable, postgres_required
 from support.seeding import free_port
+from support.stack import Children
 
 # The databases a fleet's Prefect server may sit on: tests that take `fleet_server` or
 # `server_database` run once on each. `-m "not postgres"` leaves the PostgreSQL variants out.
@@ -116,3 +117,13 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GPUBOARD_HOME", str(home))
     monkeypatch.delenv("GPUBOARD_RESULTS_DIR", raising=False)
     return home
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    """Processes a test starts (workers, stacks); each stopped, with its group, at the end."""
+    started = Children()
+    try:
+        yield started
+    finally:
+        started.stop_all()

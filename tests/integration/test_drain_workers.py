@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 FLOWS = Path(__file__).resolve().parents[1] / "support" / "flows"
 WORKER_LABEL = "prefect.worker.name"
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.stop_all()
 
 
 def start_worker(

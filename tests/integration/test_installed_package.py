@@ -103,15 +103,6 @@ def marker() -> Iterator[str]:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
 def test_the_installed_wheel_runs_up_and_a_batch_outside_the_checkout(
     tmp_path: Path, marker: str, children: Children
 ) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -33,21 +32,18 @@ from gpuboard.core.prefect.gcl import read_gcl
 from gpuboard.core.prefect.pool import ensure_work_pool, read_pool_workers
 from gpuboard.core.project import find_project_dir
 from support.intervals import max_overlap
-from support.stack import Children, wait_for_final_states, wait_for_online
+from support.stack import (
+    Children,
+    processes_with_env,
+    wait_for_final_states,
+    wait_for_line,
+    wait_for_online,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 GPU_SLOTS = 2
 IMAGES = 12
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.stop_all()
 
 
 def test_max_overlap_counts_touching_intervals_as_apart() -> None:
@@ -122,31 +118,6 @@ async def test_twelve_sample_runs_on_two_workers_hold_each_gpu_limit(
     )
 
 
-def _processes_with_env(key: str, value: str) -> set[int]:
-    """Pids of this user's processes whose environment has key=value (Linux /proc)."""
-    needle = f"{key}={value}".encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.add(int(entry.name))
-    return found
-
-
-def _wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    content = log.read_text(errors="replace") if log.exists() else ""
-    raise AssertionError(f"no {text!r} in the output of gpuboard up:\n{content[-4000:]}")
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -160,7 +131,7 @@ def marker() -> Iterator[str]:
     value = uuid.uuid4().hex[:8]
     yield value
     for tag in (f"first-{value}", f"second-{value}"):
-        for pid in _processes_with_env("GPUBOARD_TEST_STACK", tag):
+        for pid in processes_with_env("GPUBOARD_TEST_STACK", tag):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -178,28 +149,28 @@ def test_up_headless_starts_reuses_and_stops_exactly_its_own(
     first_log, second_log = tmp_path / "up-1.log", tmp_path / "up-2.log"
 
     first = children.start(command, {**env, "GPUBOARD_TEST_STACK": first_tag}, first_log)
-    _wait_for_line(first_log, "workers 2/2 online", first, timeout=240)
+    wait_for_line(first_log, "workers 2/2 online", first, timeout=240)
     state = json.loads((home / "stacks" / f"up-{first.pid}.json").read_text())
     assert state["server_pid"] and sorted(state["workers"]) == ["gpu-1", "gpu-2"]
     # The server, 2 `gpuboard worker`s and their 2 Prefect workers; `up` itself aside.
-    ours = _processes_with_env("GPUBOARD_TEST_STACK", first_tag) - {first.pid}
+    ours = processes_with_env("GPUBOARD_TEST_STACK", first_tag) - {first.pid}
     assert len(ours) >= 5, ours
 
     second = children.start(command, {**env, "GPUBOARD_TEST_STACK": second_tag}, second_log)
-    _wait_for_line(second_log, "workers 2/2 online", second, timeout=120)
+    wait_for_line(second_log, "workers 2/2 online", second, timeout=120)
     text = second_log.read_text()
     assert "Prefect server answers" in text and text.count("already online") == 2
     assert "started worker" not in text
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 0
-    assert _processes_with_env("GPUBOARD_TEST_STACK", second_tag) == set()
+    assert processes_with_env("GPUBOARD_TEST_STACK", second_tag) == set()
     # The second `up` stopped nothing of the first.
     assert api_is_healthy(api_url)
-    assert ours <= _processes_with_env("GPUBOARD_TEST_STACK", first_tag)
+    assert ours <= processes_with_env("GPUBOARD_TEST_STACK", first_tag)
 
     first.send_signal(signal.SIGINT)  # Ctrl-C
     assert first.wait(timeout=90) == 0
-    assert _processes_with_env("GPUBOARD_TEST_STACK", first_tag) == set()
+    assert processes_with_env("GPUBOARD_TEST_STACK", first_tag) == set()
     assert not api_is_healthy(api_url)
     assert list((home / "stacks").iterdir()) == []
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,30 +17,9 @@ from gpuboard.cli import main
 from gpuboard.core.batch import submit_batch
 from gpuboard.core.local_server import api_is_healthy, free_port
 from support.postgres import PostgresServer
-from support.stack import Children, wait_for_final_states
+from support.stack import Children, wait_for_final_states, wait_for_line
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
-def _wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    content = log.read_text(errors="replace") if log.exists() else ""
-    raise AssertionError(f"no {text!r} in the output of gpuboard up:\n{content[-4000:]}")
 
 
 def test_a_missing_or_unreachable_database_is_refused_before_any_server(
@@ -81,7 +57,7 @@ async def test_up_on_postgres_runs_a_batch_whose_runs_are_rows_in_postgres(
     command = [sys.executable, "-m", "gpuboard", "up", "--headless", "--refresh", "2"]
     command += ["--workers", "1", "--database", database_url]
     up = children.start(command, env, log)
-    _wait_for_line(log, "workers 1/1 online", up, timeout=240)
+    wait_for_line(log, "workers 1/1 online", up, timeout=240)
     assert f"on PostgreSQL 127.0.0.1:{postgres_server.port}/{database}" in log.read_text()
 
     report = await submit_batch([1, 2], batch=f"pg-{uuid.uuid4().hex[:6]}", api_url=api_url)

@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,15 +36,6 @@ from support.stack import Children, wait_for_final_states, wait_for_online
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 FLOWS = Path(__file__).resolve().parents[1] / "support" / "flows"
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    try:
-        yield started
-    finally:
-        started.stop_all()
 
 
 async def start_worker(

@@ -95,3 +95,16 @@ def processes_with_env(key: str, value: str) -> set[int]:
             if needle in (entry / "environ").read_bytes().split(b"\0"):
                 found.add(int(entry.name))
     return found
+
+
+def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until `text` appears in `process`'s output file `log` (gpuboard up's status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    content = log.read_text(errors="replace") if log.exists() else ""
+    raise AssertionError(f"no {text!r} in the output of gpuboard up:\n{content[-4000:]}")
